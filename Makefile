@@ -1,0 +1,35 @@
+# domainfm: `make demo` runs the main job on bundled sample data; `make test` runs the test suite.
+# Both create .venv on first use (pip takes torch from this machine's local wheels when present).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml setup.py | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m domainfm.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --durations=10 tests
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests
+	$(BIN)/python benchmarks/engine_overhead.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache .ruff_cache

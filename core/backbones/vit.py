@@ -1,0 +1,43 @@
+"""2D Vision Transformers built by timm (any channel count, image size, patch size, registers)."""
+
+from __future__ import annotations
+
+import timm
+from timm.models.vision_transformer import VisionTransformer
+
+
+def create_vit(
+    name: str = "vit_tiny_patch16_224",
+    img_size: int = 224,
+    patch_size: int | None = None,
+    in_chans: int = 3,
+    reg_tokens: int = 0,
+    drop_path_rate: float = 0.0,
+    grad_checkpointing: bool = False,
+    dynamic_img_size: bool = True,
+    **kwargs,
+) -> VisionTransformer:
+    """Create a headless timm ViT (``num_classes=0``).
+
+    ``dynamic_img_size`` lets one model take global (e.g. 224 px) and local (e.g. 96 px) crops; the
+    position embedding is resampled on the fly for other grids.
+    """
+    args = dict(img_size=img_size, in_chans=in_chans, num_classes=0, dynamic_img_size=dynamic_img_size)
+    if patch_size is not None:
+        args["patch_size"] = patch_size
+    if reg_tokens:
+        args["reg_tokens"] = reg_tokens
+    if drop_path_rate:
+        args["drop_path_rate"] = drop_path_rate
+    model = timm.create_model(name, pretrained=False, **args, **kwargs)
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"{name} is not a timm VisionTransformer; domainfm's 2D backbones need one")
+    if grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def patch_grid(model: VisionTransformer, height: int, width: int) -> tuple[int, int]:
+    """Number of patches along H and W for an input of ``height x width`` pixels."""
+    ph, pw = model.patch_embed.patch_size
+    return height // ph, width // pw

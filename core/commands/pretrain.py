@@ -1,0 +1,47 @@
+"""``domainfm pretrain``: build the recipe's dataset, transform and method, train, export, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from domainfm.commands.common import output_dir, write_config
+from domainfm.engine import distributed as dist_utils
+from domainfm.engine.export import export_backbone
+from domainfm.engine.runtime import seed_everything
+from domainfm.engine.trainer import Trainer, TrainerConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("domainfm")
+
+
+def trainer_config(cfg: DictConfig) -> TrainerConfig:
+    values = OmegaConf.to_container(cfg.trainer, resolve=True)
+    values.update(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, strict_data=cfg.data.strict)
+    return TrainerConfig.from_dict(values)
+
+
+def run(cfg: DictConfig) -> dict:
+    run_dir = output_dir(cfg)
+    tcfg = trainer_config(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # the process group starts later, in the Trainer
+        write_config(cfg, run_dir)
+    dataset = instantiate(cfg.data.dataset)
+    transform = instantiate(cfg.data.transform) if cfg.data.get("transform") else None
+    seed_everything(tcfg.seed)
+    method = instantiate(cfg.method)
+    trainer = Trainer(method, dataset, run_dir, tcfg, transform=transform)
+    summary = trainer.fit()
+    backbone = trainer.backbone_state()
+    if dist_utils.is_main():
+        preprocess = OmegaConf.to_container(cfg.preprocess, resolve=True)
+        summary.export = str(export_backbone(backbone, run_dir / "export", preprocess, tag=f"domainfm-{cfg.name}"))
+        from domainfm.reports.curves import plot_loss_curve
+
+        plot_loss_curve(run_dir)
+        (run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+        print(summary.render(), flush=True)
+    dist_utils.barrier()
+    return summary.to_dict()

@@ -1,0 +1,1 @@
+"""The one training engine: loop, precision, accumulation, schedules, EMA, checkpoints, DDP/FSDP, logging."""

@@ -1,0 +1,376 @@
+"""The training loop shared by every method and domain."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from domainfm.data.collate import collate_samples
+from domainfm.data.sampling import SeededDataset, StreamSampler
+from domainfm.engine import distributed as dist_utils
+from domainfm.engine.checkpoint import CheckpointManager, capture_rng, restore_rng
+from domainfm.engine.metrics import MetricsLogger
+from domainfm.engine.optim import build_optimizer
+from domainfm.engine.runtime import autocast, resolve_device, resolve_precision, resolve_workers
+from domainfm.engine.schedules import CosineSchedule
+from domainfm.engine.strategy import Strategy
+from domainfm.errors import NonFiniteLossError
+from domainfm.methods.base import Method, StepContext
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+log = logging.getLogger("domainfm")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 64
+    num_workers: int | str = "auto"
+    accumulate: int = 1
+    clip_grad: float | None = 3.0
+    optimizer: str = "adamw"
+    lr: float = 1.5e-4
+    min_lr: float = 1.0e-6
+    warmup_steps: float = 0.05
+    weight_decay: float = 0.05
+    weight_decay_end: float | None = None
+    betas: tuple[float, float] = (0.9, 0.95)
+    checkpoint_every: int = 100
+    keep_last: int = 3
+    log_every: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+    compile: bool = False
+    strategy: str = "auto"  # auto | ddp | fsdp
+    skip_nonfinite: bool = False
+    strict_data: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainerConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            from domainfm.errors import ConfigError
+
+            raise ConfigError(f"unknown trainer keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    steps: int
+    resumed_from: int
+    seconds: float
+    steps_per_s: float
+    samples_per_s: float
+    final_loss: float | None
+    checkpoint: str | None
+    export: str | None = None
+    skipped_files: list[str] = field(default_factory=list)
+    nonfinite_steps_skipped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def render(self) -> str:
+        lines = [
+            f"run            {self.run_dir}",
+            f"steps          {self.steps} (resumed from {self.resumed_from})"
+            if self.resumed_from
+            else f"steps          {self.steps}",
+            f"time           {self.seconds:.1f} s  ({self.steps_per_s:.2f} steps/s, "
+            f"{self.samples_per_s:.1f} samples/s)",
+            f"final loss     {self.final_loss:.4f}" if self.final_loss is not None else "final loss     -",
+            f"checkpoint     {self.checkpoint}",
+        ]
+        if self.export:
+            lines.append(f"export         {self.export}")
+        if self.nonfinite_steps_skipped:
+            lines.append(f"non-finite     {self.nonfinite_steps_skipped} steps skipped")
+        lines.append(f"skipped files  {len(self.skipped_files)}")
+        lines += [f"  - {s}" for s in self.skipped_files[:20]]
+        if len(self.skipped_files) > 20:
+            lines.append(f"  ... and {len(self.skipped_files) - 20} more (see summary.json)")
+        return "\n".join(lines)
+
+
+class Trainer:
+    """Drives ``method`` over ``dataset`` (samples pass through ``transform``) for ``cfg.max_steps`` steps.
+
+    Resumes from ``<run_dir>/checkpoints`` when it holds a checkpoint. Everything stochastic in the data
+    pipeline is seeded per sample, and RNG states are checkpointed, so a resumed CPU run is bitwise identical
+    to an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        dataset: Dataset,
+        run_dir: str | Path,
+        cfg: TrainerConfig,
+        transform: Callable | None = None,
+        collate_fn: Callable = collate_samples,
+    ):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.method = method
+        self.dataset = dataset
+        self.transform = transform
+        self.collate_fn = collate_fn
+        self.device = resolve_device(cfg.device)
+        dist_utils.init_from_env(self.device)
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_last)
+        self.lr_schedule = CosineSchedule(cfg.lr, cfg.min_lr, warmup_steps=cfg.warmup_steps)
+        self.wd_schedule = CosineSchedule(cfg.weight_decay, cfg.weight_decay_end)
+        self.step = 0
+        self.samples_seen = 0
+        self.skipped_files: set[str] = set()
+        self.nonfinite_skipped = 0
+        self.resumed_from = 0
+        self.step_end_times: list[float] = []  # perf_counter() at the end of each step (for benchmarks)
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.world
+
+    # ---------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.method.to(self.device)
+        self.strategy = Strategy.create(cfg.strategy, self.method, self.device, self.world)
+        self.model = self.strategy.model
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = build_optimizer(
+            self.method,
+            cfg.optimizer,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            betas=tuple(cfg.betas),
+            extra_no_decay=self.method.no_weight_decay(),
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        torch.manual_seed(cfg.seed + 1_000_003 * (self.rank + 1))  # runtime randomness (dropout, drop-path)
+        self._resume()
+
+    def _resume(self) -> None:
+        loaded = self.checkpoints.load_latest(map_location="cpu")
+        if loaded is None:
+            return
+        state, path = loaded
+        self.strategy.load_model_state(state["model"])
+        self.strategy.load_optimizer_state(self.optimizer, state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = self.resumed_from = int(state["step"])
+        self.samples_seen = int(state["samples_seen"])
+        self.skipped_files = set(state.get("skipped_files", []))
+        self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
+        rng = state["rng"]
+        if len(rng) == self.world:
+            restore_rng(rng[self.rank])
+        else:
+            log.warning(
+                "checkpoint was written by %d processes, this run has %d: RNG streams restart", len(rng), self.world
+            )
+        if dist_utils.is_main():
+            log.info("resumed from %s (step %d)", path, self.step)
+
+    def _loader(self) -> DataLoader:
+        cfg = self.cfg
+        workers = resolve_workers(cfg.num_workers, self.device)
+        sampler = StreamSampler(
+            len(self.dataset),
+            cfg.batch_size,
+            seed=cfg.seed,
+            rank=self.rank,
+            world_size=self.world,
+            start=self.samples_seen,
+        )
+        return DataLoader(
+            SeededDataset(self.dataset, self.transform, strict=cfg.strict_data),
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=self.collate_fn,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            generator=torch.Generator(),  # keep the global RNG untouched by loader start-up
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> RunSummary:
+        cfg = self.cfg
+        self._setup()
+        main = dist_utils.is_main()
+        metrics = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_step=self.step) if main else None
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            disable=not (main and cfg.progress),
+            desc="pretrain",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        t0, start_step = time.perf_counter(), self.step
+        last_loss: float | None = None
+        window: list[float] = []
+        batches = iter(self._loader()) if self.step < cfg.max_steps else None
+        try:
+            while self.step < cfg.max_steps:
+                ctx = StepContext(self.step, cfg.max_steps)
+                values, finite = self._train_step(batches, ctx)
+                if not finite and not cfg.skip_nonfinite:
+                    good = self.checkpoints.latest_path()
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {self.step + 1}; last good checkpoint: {good or 'none yet'} "
+                        "(lower trainer.lr, or set trainer.skip_nonfinite=true to skip such steps)"
+                    )
+                self.step += 1
+                self.samples_seen += self.global_batch * cfg.accumulate
+                if finite:
+                    last_loss = values["loss"]
+                    window.append(last_loss)
+                else:
+                    self.nonfinite_skipped += 1
+                if main and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
+                    rate = (self.step - start_step) / max(1e-9, time.perf_counter() - t0)
+                    record = {
+                        **values,
+                        "loss": sum(window) / len(window) if window else float("nan"),
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "steps_per_s": rate,
+                        "nonfinite_skipped": self.nonfinite_skipped,
+                    }
+                    metrics.log(self.step, record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+                    window = []
+                bar.update(1)
+                self.step_end_times.append(time.perf_counter())
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        elapsed = time.perf_counter() - t0
+        done = self.step - start_step
+        skipped = sorted(set().union(*dist_utils.all_gather_object(self.skipped_files)))
+        return RunSummary(
+            run_dir=str(self.run_dir),
+            steps=self.step,
+            resumed_from=self.resumed_from,
+            seconds=elapsed,
+            steps_per_s=done / elapsed if elapsed > 0 else 0.0,
+            samples_per_s=done * self.global_batch * cfg.accumulate / elapsed if elapsed > 0 else 0.0,
+            final_loss=last_loss,
+            checkpoint=str(self.checkpoints.latest_path()),
+            skipped_files=skipped,
+            nonfinite_steps_skipped=self.nonfinite_skipped,
+        )
+
+    def _train_step(self, batches, ctx: StepContext) -> tuple[dict[str, float], bool]:
+        cfg = self.cfg
+        lr = self.lr_schedule(ctx.step, ctx.max_steps)
+        wd = self.wd_schedule(ctx.step, ctx.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["weight_decay"] = wd * group.get("wd_scale", 1.0)
+        total = 0.0
+        extras: dict[str, torch.Tensor] = {}
+        finite = True
+        for micro in range(cfg.accumulate):
+            batch = next(batches)
+            if batch.get("skipped"):
+                self.skipped_files.update(batch["skipped"])
+            batch = _to_device(batch, self.device)
+            sync = micro == cfg.accumulate - 1
+            with self.strategy.maybe_no_sync(sync), autocast(self.device, self.precision):
+                out = self.model(batch, ctx)
+                loss = out["loss"] / cfg.accumulate
+            value = float(loss.detach())
+            ok = math.isfinite(value)
+            if dist_utils.all_reduce_max(0.0 if ok else 1.0, self.device) > 0:
+                ok = False
+            if not ok:
+                finite = False
+                if not cfg.skip_nonfinite:
+                    return {"loss": float("nan")}, False
+                continue
+            total += value
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            extras = {k: v for k, v in out.items() if k != "loss"}
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"loss": float("nan")}, False
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_step(ctx)
+        values = {"loss": total}
+        values.update({k: float(v) for k, v in extras.items() if _is_scalar(v)})
+        return values, True
+
+    # ---------------------------------------------------------------- state
+    def save_checkpoint(self) -> None:
+        model_state = self.strategy.model_state()
+        optim_state = self.strategy.optimizer_state(self.optimizer)
+        rng = dist_utils.all_gather_object(capture_rng())
+        skipped = sorted(set().union(*dist_utils.all_gather_object(self.skipped_files)))
+        if dist_utils.is_main():
+            self.checkpoints.save(
+                {
+                    "step": self.step,
+                    "samples_seen": self.samples_seen,
+                    "model": model_state,
+                    "optimizer": optim_state,
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                    "rng": rng,
+                    "skipped_files": skipped,
+                    "nonfinite_skipped": self.nonfinite_skipped,
+                },
+                self.step,
+            )
+        dist_utils.barrier()
+
+    def backbone_state(self) -> nn.Module:
+        """The method's backbone with full (unsharded) weights, on CPU."""
+        return self.strategy.full_module(self.method).backbone
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: (v if k in ("meta", "skipped") else _to_device(v, device)) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch

@@ -1,0 +1,1 @@
+"""Methods: trainable modules + objective + EMA teacher pairs, driven by the one engine."""

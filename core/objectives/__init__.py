@@ -1,0 +1,1 @@
+"""Self-supervised objectives: one file per loss family, each with its formula and source."""

@@ -1,0 +1,48 @@
+"""Shared fixtures. Real sample data is read from ../shared/data (read-only) or the bundled package data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A small configuration of the core MAE recipe so CLI runs take seconds on 2 CPU cores.
+TINY = [
+    "+backbone.depth=2",
+    "preprocess.img_size=32",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.progress=false",
+    "trainer.tensorboard=false",
+    "trainer.log_every=1",
+]
+
+
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None, module: str = "domainfm"
+) -> subprocess.CompletedProcess:
+    """Run ``python -m domainfm <args>`` in a subprocess (Hydra apps own the process)."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        raise RuntimeError(f"{SHARED_DATA} is missing: tests need ../shared/data beside the repository")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def kather_tiles() -> Path:
+    from domainfm.sample_data import sample_path
+
+    return sample_path("kather2016_tiles")

@@ -1,0 +1,78 @@
+"""The ``domainfm`` CLI: Hydra overrides, --cfg job, multirun, recipes and one-line errors."""
+
+import json
+
+import yaml
+
+from tests.conftest import TINY, run_cli
+
+
+def test_recipes_lists_core_recipe_with_description(tmp_path):
+    out = run_cli(["recipes"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("core/mae_vit_tiny"))
+    assert "MAE" in line
+
+
+def test_cfg_job_shows_overrides(tmp_path):
+    out = run_cli(["pretrain", "trainer.max_steps=7", "data.batch_size=5", "trainer.seed=3", "--cfg", "job"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["trainer"]["max_steps"] == 7
+    assert cfg["trainer"]["seed"] == 3
+    assert cfg["data"]["batch_size"] == 5
+    assert cfg["name"] == "mae_vit_tiny"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_recipe_lists_valid_choices(tmp_path):
+    out = run_cli(["pretrain", "recipe=core/nope"], tmp_path)
+    assert out.returncode == 2
+    err = out.stderr.strip()
+    assert len(err.splitlines()) == 1
+    assert "core/nope" in err and "core/mae_vit_tiny" in err
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    out = run_cli(["pretrain", "trainer.max_stepz=3"], tmp_path)
+    assert out.returncode == 2
+    err = out.stderr.strip()
+    assert len(err.splitlines()) == 1
+    assert "trainer.max_stepz" in err and "max_steps" in err and "checkpoint_every" in err
+
+
+def test_unknown_command_lists_commands(tmp_path):
+    out = run_cli(["pretrian"], tmp_path)
+    assert out.returncode == 2
+    assert "pretrain" in out.stderr and "recipes" in out.stderr
+
+
+def test_missing_data_root_is_one_line(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    out = run_cli(["pretrain", f"data.root={missing}", f"run_dir={tmp_path / 'run'}", *TINY], tmp_path)
+    assert out.returncode == 2
+    err = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert err == [f"error: data.root={missing} does not exist: point data.root at a folder of images"]
+
+
+def test_empty_data_root_is_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    out = run_cli(["pretrain", f"data.root={empty}", f"run_dir={tmp_path / 'run'}", *TINY], tmp_path)
+    assert out.returncode == 2
+    assert f"data.root={empty} holds no files ending in" in out.stderr
+
+
+def test_multirun_sweeps_seeds_into_separate_folders(tmp_path):
+    out = run_cli(
+        ["pretrain", "-m", "trainer.seed=0,1", "trainer.max_steps=1", f"run_dir={tmp_path / 'sweep'}", *TINY], tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    seeds = []
+    for job in ("0", "1"):
+        folder = tmp_path / "sweep" / job
+        assert (folder / "export" / "model.safetensors").exists()
+        seeds.append(yaml.safe_load((folder / "config.yaml").read_text())["trainer"]["seed"])
+        assert json.loads((folder / "summary.json").read_text())["steps"] == 1
+    assert seeds == [0, 1]

@@ -1,0 +1,149 @@
+"""Trainer behaviour on small hand-made methods and data."""
+
+import math
+import shutil
+
+import pytest
+import torch
+from domainfm.data.folder import ImageFolder
+from domainfm.engine.optim import param_groups
+from domainfm.engine.schedules import CosineSchedule, LinearWarmupSchedule
+from domainfm.engine.trainer import Trainer, TrainerConfig
+from domainfm.errors import DataError, NonFiniteLossError
+from domainfm.methods.base import Method
+from torch import nn
+
+
+class VectorData(torch.utils.data.Dataset):
+    """Synthetic: 32 fixed random vectors."""
+
+    def __init__(self, n=32, d=4):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, d, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i]}
+
+
+class Regress(Method):
+    """Least squares towards a fixed target; NaN loss at the given 0-based steps."""
+
+    def __init__(self, nan_at=()):
+        super().__init__()
+        self.backbone = nn.Linear(4, 2)
+        self.nan_at = set(nan_at)
+
+    def forward(self, batch, ctx):
+        loss = (self.backbone(batch["image"]) - 1.0).pow(2).mean()
+        if ctx.step in self.nan_at:
+            loss = loss * float("nan")
+        return {"loss": loss}
+
+
+def _cfg(**kw):
+    base = dict(
+        max_steps=6,
+        batch_size=4,
+        num_workers=0,
+        checkpoint_every=2,
+        progress=False,
+        tensorboard=False,
+        lr=0.05,
+        warmup_steps=0,
+        log_every=1,
+    )
+    base.update(kw)
+    return TrainerConfig(**base)
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    trainer = Trainer(Regress(nan_at={4}), VectorData(), tmp_path, _cfg())
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite loss at step 5; last good checkpoint: .*step_00000004\.pt"
+    ):
+        trainer.fit()
+    assert [p.name for p in trainer.checkpoints.list()] == ["step_00000002.pt", "step_00000004.pt"]
+
+
+def test_skip_nonfinite_counts_and_continues(tmp_path):
+    torch.manual_seed(0)
+    method = Regress(nan_at={1, 3})
+    summary = Trainer(method, VectorData(), tmp_path, _cfg(skip_nonfinite=True)).fit()
+    assert summary.steps == 6 and summary.nonfinite_steps_skipped == 2
+    assert all(torch.isfinite(p).all() for p in method.parameters())
+
+
+def test_gradient_accumulation_matches_large_batch(tmp_path):
+    torch.manual_seed(0)
+    a = Regress()
+    b = Regress()
+    b.load_state_dict(a.state_dict())
+    Trainer(a, VectorData(), tmp_path / "a", _cfg(batch_size=8, clip_grad=None)).fit()
+    Trainer(b, VectorData(), tmp_path / "b", _cfg(batch_size=4, accumulate=2, clip_grad=None)).fit()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_unreadable_images_are_skipped_counted_and_named(tmp_path, kather_tiles):
+    root = tmp_path / "images"
+    shutil.copytree(kather_tiles, root)
+    (root / "01_TUMOR" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    good = next((root / "02_STROMA").glob("*.tif"))
+    (root / "02_STROMA" / "cut.tif").write_bytes(good.read_bytes()[:600])
+    from domainfm.data.transforms import ImageTransform, RandomView
+
+    class Mean(Method):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Linear(3, 1)
+
+        def forward(self, batch, ctx):
+            return {"loss": self.backbone(batch["image"].mean((2, 3))).pow(2).mean()}
+
+    transform = ImageTransform(RandomView(16, [0.5] * 3, [0.25] * 3))
+    summary = Trainer(
+        Mean(), ImageFolder(root), tmp_path / "run", _cfg(batch_size=13, max_steps=4), transform=transform
+    ).fit()
+    names = sorted(s.split(":")[0].rsplit("/", 1)[-1] for s in summary.skipped_files)
+    assert names == ["broken.png", "cut.tif"]
+    assert "skipped files  2" in summary.render()
+
+    strict = Trainer(
+        Mean(),
+        ImageFolder(root),
+        tmp_path / "strict",
+        _cfg(batch_size=13, max_steps=4, strict_data=True),
+        transform=transform,
+    )
+    with pytest.raises(DataError, match=r"(broken\.png|cut\.tif): unreadable .*data\.strict=false"):
+        strict.fit()
+
+
+def test_no_weight_decay_for_norms_biases_and_tokens():
+    from domainfm.backbones.vit import create_vit
+
+    vit = create_vit(img_size=32, patch_size=8, depth=1)
+    groups = {g["name"]: g for g in param_groups(vit)}
+    names = {id(p): n for n, p in vit.named_parameters()}
+    no_decay = {names[id(p)] for p in groups["no_decay"]["params"]}
+    decay = {names[id(p)] for p in groups["decay"]["params"]}
+    assert {"cls_token", "pos_embed", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"} <= no_decay
+    assert {"blocks.0.attn.qkv.weight", "patch_embed.proj.weight"} <= decay
+    assert groups["no_decay"]["wd_scale"] == 0.0
+
+
+def test_cosine_schedule_values():
+    s = CosineSchedule(1.0, 0.0, warmup_steps=10, warmup_start=0.0)
+    assert s(0, 110) == 0.0
+    assert s(5, 110) == pytest.approx(0.5)
+    assert s(10, 110) == pytest.approx(1.0)
+    assert s(60, 110) == pytest.approx(0.5)
+    assert s(110, 110) == pytest.approx(0.0)
+    assert CosineSchedule(0.996, 1.0)(50, 100) == pytest.approx(0.998)
+    t = LinearWarmupSchedule(0.04, 0.07, warmup_steps=0.3)
+    assert t(0, 100) == pytest.approx(0.04) and t(15, 100) == pytest.approx(0.055) and t(90, 100) == 0.07
+    assert math.isclose(CosineSchedule(2.0)(7, 9), 2.0)

@@ -1,0 +1,5 @@
+"""domainfm.three_d: point clouds (FPS/kNN grouping), Point-MAE / I2P-MAE, radiance grids, NeRF-MAE."""
+
+from domainfm.extras import require_extra
+
+require_extra("three-d", ["torch_geometric"])
