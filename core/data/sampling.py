@@ -30,7 +30,11 @@ def sample_seed(seed: int, position: int) -> int:
 
 
 class StreamSampler(Sampler):
-    """Yields ``(index, seed)`` pairs for one rank, forever, starting at global position ``start``."""
+    """Yields ``(index, seed)`` pairs for one rank, forever, starting at global position ``start``.
+
+    With ``weights`` (one per sample, e.g. inverse class frequency) each epoch is ``size`` draws with replacement
+    proportional to the weights instead of a permutation.
+    """
 
     def __init__(
         self,
@@ -41,16 +45,22 @@ class StreamSampler(Sampler):
         world_size: int = 1,
         start: int = 0,
         shuffle: bool = True,
+        weights: torch.Tensor | None = None,
     ):
         if size <= 0:
             raise DataError("the dataset is empty")
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.rank, self.world_size, self.start, self.shuffle = rank, world_size, start, shuffle
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        if self.weights is not None and (len(self.weights) != size or bool((self.weights < 0).any())):
+            raise ValueError(f"weights must be {size} non-negative numbers")
 
     def _order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.size)
         g = torch.Generator().manual_seed(sample_seed(self.seed, -1 - epoch))
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.size, replacement=True, generator=g)
         return torch.randperm(self.size, generator=g)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:

@@ -40,8 +40,11 @@ def build_optimizer(
     momentum: float = 0.9,
     extra_no_decay: set[str] | None = None,
 ) -> torch.optim.Optimizer:
-    groups = param_groups(model, extra_no_decay)
+    custom = getattr(model, "optim_groups", None)
+    groups = custom() if callable(custom) else param_groups(model, extra_no_decay)
     for g in groups:
+        g.setdefault("wd_scale", 1.0)
+        g.setdefault("lr_scale", 1.0)
         g["weight_decay"] = weight_decay * g["wd_scale"]
     name = name.lower()
     if name == "adamw":

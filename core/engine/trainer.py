@@ -14,13 +14,13 @@ import torch
 from domainfm.data.collate import collate_samples
 from domainfm.data.sampling import SeededDataset, StreamSampler
 from domainfm.engine import distributed as dist_utils
-from domainfm.engine.checkpoint import CheckpointManager, capture_rng, restore_rng
+from domainfm.engine.checkpoint import CheckpointManager, atomic_save, capture_rng, restore_rng
 from domainfm.engine.metrics import MetricsLogger
 from domainfm.engine.optim import build_optimizer
 from domainfm.engine.runtime import autocast, resolve_device, resolve_precision, resolve_workers
 from domainfm.engine.schedules import CosineSchedule
 from domainfm.engine.strategy import Strategy
-from domainfm.errors import NonFiniteLossError
+from domainfm.errors import ConfigError, NonFiniteLossError
 from domainfm.methods.base import Method, StepContext
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -55,14 +55,16 @@ class TrainerConfig:
     strategy: str = "auto"  # auto | ddp | fsdp
     skip_nonfinite: bool = False
     strict_data: bool = False
+    eval_every: int = 0  # run the validate hook every N steps (and at the end); 0 = never
+    patience: int = 0  # early stopping after N evaluations without improvement; 0 = off
+    monitor: str = "val_loss"
+    monitor_mode: str = "min"  # min | max
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainerConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(values) - known)
         if unknown:
-            from domainfm.errors import ConfigError
-
             raise ConfigError(f"unknown trainer keys {unknown}; valid keys: {sorted(known)}")
         return cls(**values)
 
@@ -80,6 +82,9 @@ class RunSummary:
     export: str | None = None
     skipped_files: list[str] = field(default_factory=list)
     nonfinite_steps_skipped: int = 0
+    best_step: int | None = None
+    best_metric: float | None = None
+    stopped_early: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +102,10 @@ class RunSummary:
         ]
         if self.export:
             lines.append(f"export         {self.export}")
+        if self.best_step is not None:
+            lines.append(f"best           {self.best_metric:.4f} at step {self.best_step}")
+        if self.stopped_early:
+            lines.append("stopped early  (no improvement on validation)")
         if self.nonfinite_steps_skipped:
             lines.append(f"non-finite     {self.nonfinite_steps_skipped} steps skipped")
         lines.append(f"skipped files  {len(self.skipped_files)}")
@@ -122,8 +131,17 @@ class Trainer:
         cfg: TrainerConfig,
         transform: Callable | None = None,
         collate_fn: Callable = collate_samples,
+        validate: Callable[[nn.Module], dict[str, float]] | None = None,
+        sample_weights: torch.Tensor | None = None,
+        desc: str = "train",
     ):
+        """``validate(method)`` (run every ``cfg.eval_every`` steps, in eval mode, without gradients) returns
+        metrics, one of which is ``cfg.monitor``; the best state goes to ``checkpoints/best.pt``.
+        ``sample_weights`` switches the sampler to weighted draws with replacement (class balancing)."""
         self.cfg = cfg
+        self.validate = validate
+        self.sample_weights = sample_weights
+        self.desc = desc
         self.run_dir = Path(run_dir)
         self.method = method
         self.dataset = dataset
@@ -142,6 +160,8 @@ class Trainer:
         self.nonfinite_skipped = 0
         self.resumed_from = 0
         self.step_end_times: list[float] = []  # perf_counter() at the end of each step (for benchmarks)
+        self.early_stop = {"best": None, "best_step": None, "bad_evals": 0}
+        self.stopped_early = False
 
     @property
     def global_batch(self) -> int:
@@ -180,6 +200,8 @@ class Trainer:
         self.samples_seen = int(state["samples_seen"])
         self.skipped_files = set(state.get("skipped_files", []))
         self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
+        self.early_stop = dict(state.get("early_stop", self.early_stop))
+        self.stopped_early = bool(state.get("stopped_early", False))
         rng = state["rng"]
         if len(rng) == self.world:
             restore_rng(rng[self.rank])
@@ -200,6 +222,7 @@ class Trainer:
             rank=self.rank,
             world_size=self.world,
             start=self.samples_seen,
+            weights=self.sample_weights,
         )
         return DataLoader(
             SeededDataset(self.dataset, self.transform, strict=cfg.strict_data),
@@ -224,7 +247,7 @@ class Trainer:
             total=cfg.max_steps,
             initial=self.step,
             disable=not (main and cfg.progress),
-            desc="pretrain",
+            desc=self.desc,
             unit="step",
             dynamic_ncols=True,
             mininterval=1.0,
@@ -232,9 +255,10 @@ class Trainer:
         t0, start_step = time.perf_counter(), self.step
         last_loss: float | None = None
         window: list[float] = []
-        batches = iter(self._loader()) if self.step < cfg.max_steps else None
+        batches = iter(self._loader()) if self.step < cfg.max_steps and not self.stopped_early else None
+        self.method.train()
         try:
-            while self.step < cfg.max_steps:
+            while self.step < cfg.max_steps and not self.stopped_early:
                 ctx = StepContext(self.step, cfg.max_steps)
                 values, finite = self._train_step(batches, ctx)
                 if not finite and not cfg.skip_nonfinite:
@@ -264,7 +288,10 @@ class Trainer:
                     window = []
                 bar.update(1)
                 self.step_end_times.append(time.perf_counter())
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                last = self.step == cfg.max_steps
+                if self.validate is not None and cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
+                    self._evaluate(metrics)
+                if self.step % cfg.checkpoint_every == 0 or last or self.stopped_early:
                     self.save_checkpoint()
         finally:
             bar.close()
@@ -284,7 +311,43 @@ class Trainer:
             checkpoint=str(self.checkpoints.latest_path()),
             skipped_files=skipped,
             nonfinite_steps_skipped=self.nonfinite_skipped,
+            best_step=self.early_stop["best_step"],
+            best_metric=self.early_stop["best"],
+            stopped_early=self.stopped_early,
         )
+
+    def _evaluate(self, metrics: MetricsLogger | None) -> None:
+        cfg = self.cfg
+        self.method.eval()
+        with torch.no_grad(), autocast(self.device, self.precision):
+            values = self.validate(self.method)
+        self.method.train()
+        if cfg.monitor not in values:
+            raise ConfigError(f"trainer.monitor={cfg.monitor} is not among the validation metrics {sorted(values)}")
+        if metrics is not None:
+            metrics.log(self.step, {k: float(v) for k, v in values.items()})
+        value, best = float(values[cfg.monitor]), self.early_stop["best"]
+        better = best is None or (value < best if cfg.monitor_mode == "min" else value > best)
+        if better:
+            self.early_stop.update(best=value, best_step=self.step, bad_evals=0)
+            state = self.strategy.model_state()
+            if dist_utils.is_main():
+                atomic_save(
+                    {"step": self.step, "model": state, cfg.monitor: value}, self.checkpoints.folder / "best.pt"
+                )
+        else:
+            self.early_stop["bad_evals"] += 1
+            if cfg.patience and self.early_stop["bad_evals"] >= cfg.patience:
+                self.stopped_early = True
+                if dist_utils.is_main():
+                    log.info(
+                        "early stop at step %d: %s did not improve for %d evaluations (best %.4f at step %d)",
+                        self.step,
+                        cfg.monitor,
+                        cfg.patience,
+                        self.early_stop["best"],
+                        self.early_stop["best_step"],
+                    )
 
     def _train_step(self, batches, ctx: StepContext) -> tuple[dict[str, float], bool]:
         cfg = self.cfg
@@ -352,6 +415,8 @@ class Trainer:
                     "rng": rng,
                     "skipped_files": skipped,
                     "nonfinite_skipped": self.nonfinite_skipped,
+                    "early_stop": self.early_stop,
+                    "stopped_early": self.stopped_early,
                 },
                 self.step,
             )

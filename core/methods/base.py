@@ -27,7 +27,9 @@ class Method(nn.Module):
     ``forward(batch, ctx)`` returns a dict with a scalar ``"loss"`` (and any other scalars to log);
     ``after_step(ctx)`` runs after each optimizer step (EMA teachers); ``backbone`` (an attribute or a
     property; register each module once so state dicts hold no aliases) is the timm model that ``export``
-    writes. ``no_weight_decay()`` may name extra parameters exempt from weight decay.
+    writes. ``no_weight_decay()`` may name extra parameters exempt from weight decay; a method may instead
+    define ``optim_groups() -> list[dict]`` (``params``, ``wd_scale``, ``lr_scale``) for full control, e.g.
+    layer-wise lr decay.
     """
 
     def forward(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:  # pragma: no cover

@@ -147,3 +147,40 @@ def test_cosine_schedule_values():
     t = LinearWarmupSchedule(0.04, 0.07, warmup_steps=0.3)
     assert t(0, 100) == pytest.approx(0.04) and t(15, 100) == pytest.approx(0.055) and t(90, 100) == 0.07
     assert math.isclose(CosineSchedule(2.0)(7, 9), 2.0)
+
+
+def test_validation_keeps_best_and_stops_early(tmp_path):
+    """Synthetic: a validation score that peaks at step 4 then worsens; patience 2 stops at step 8."""
+    torch.manual_seed(0)
+    scores = {2: 0.5, 4: 0.2, 6: 0.3, 8: 0.4, 10: 0.1}
+    calls = []
+
+    def validate(method):
+        assert not method.training and not torch.is_grad_enabled()
+        step = 2 * (len(calls) + 1)
+        calls.append(step)
+        return {"val_loss": scores[step]}
+
+    cfg = _cfg(max_steps=12, eval_every=2, patience=2, checkpoint_every=100)
+    trainer = Trainer(Regress(), VectorData(), tmp_path, cfg, validate=validate)
+    summary = trainer.fit()
+    assert calls == [2, 4, 6, 8]
+    assert summary.stopped_early and summary.steps == 8
+    assert summary.best_step == 4 and summary.best_metric == pytest.approx(0.2)
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == 4 and best["val_loss"] == pytest.approx(0.2)
+    # resuming a stopped run does not train further
+    again = Trainer(Regress(), VectorData(), tmp_path, cfg, validate=validate).fit()
+    assert again.steps == 8 and calls == [2, 4, 6, 8]
+
+
+def test_weighted_sampler_balances_classes():
+    from domainfm.data.sampling import StreamSampler
+
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    counts = torch.bincount(labels).double()
+    weights = (1.0 / counts)[labels]
+    it = iter(StreamSampler(100, 50, seed=1, weights=weights))
+    drawn = torch.tensor([labels[next(it)[0]] for _ in range(4000)])
+    frac = drawn.float().mean().item()
+    assert 0.45 < frac < 0.55  # ~50 % minority instead of 10 %

@@ -1,0 +1,177 @@
+"""Load a 2D ViT backbone from wherever users keep one.
+
+``source`` may be:
+
+- a domainfm run folder (``<run>/export`` is used) or an export / Hugging Face style folder
+  (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``);
+- ``hf-hub:<org>/<name>``: the same layout on the Hugging Face hub (the local HF cache is used when offline);
+- ``timm:<name>`` or a bare timm model name (e.g. ``vit_small_patch16_224.augreg_in21k``): timm's own weights;
+- a checkpoint file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) together with ``arch=<timm name>``; nested
+  ``model``/``state_dict``/``teacher`` dicts and ``module.``/``backbone.``/``encoder.vit.`` prefixes are stripped,
+  and timm's converters handle DINOv2, OpenCLIP and other published layouts.
+
+When ``in_chans`` differs from the weights, the patch-embedding filters are adapted (:func:`adapt_channels`);
+when ``img_size`` differs, the position embedding is resampled (bicubic, timm's ``resample_abs_pos_embed``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from domainfm.errors import ConfigError
+from timm.models.vision_transformer import VisionTransformer
+
+log = logging.getLogger(__name__)
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_PREFIXES = ("module.", "backbone.", "encoder.vit.", "student.backbone.", "teacher.backbone.", "model.")
+
+
+def adapt_channels(weight: torch.Tensor, in_chans: int, mode: str = "mean") -> torch.Tensor:
+    """Adapt patch-embedding filters ``(O, C, kh, kw)`` from ``C`` to ``in_chans`` input channels.
+
+    - ``in_chans == 1``: ``mode="mean"`` averages the input filters (default); ``mode="sum"`` sums them (timm's
+      convention: the response to a grey image equals the response to that image replicated on ``I`` channels).
+    - ``in_chans > C``: the filters are repeated cyclically and scaled by ``C / in_chans`` (repeat-and-rescale, as
+      timm's ``adapt_input_conv``), so an input with equal channels gives the same response.
+    - ``1 < in_chans < C``: the first ``in_chans`` filters, scaled by ``C / in_chans``.
+    """
+    src = weight.shape[1]
+    if in_chans == src:
+        return weight
+    w = weight.float()
+    if in_chans == 1:
+        if mode not in ("mean", "sum"):
+            raise ValueError(f"channel adaptation mode must be 'mean' or 'sum', got {mode!r}")
+        out = w.mean(1, keepdim=True) if mode == "mean" else w.sum(1, keepdim=True)
+    else:
+        reps = -(-in_chans // src)
+        out = w.repeat(1, reps, 1, 1)[:, :in_chans] * (src / in_chans)
+    return out.to(weight.dtype)
+
+
+def _strip(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    for key in ("model", "state_dict", "teacher", "student"):
+        if key in state and isinstance(state[key], dict) and not isinstance(state[key], torch.Tensor):
+            state = state[key]
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    for prefix in _PREFIXES:
+        if any(k.startswith(prefix) for k in state) and any(k.startswith(prefix) and "blocks." in k for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or torch checkpoint file (loaded with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"backbone weights {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return _strip(load_file(str(path)))
+    return _strip(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _folder_config(folder: Path) -> tuple[dict, Path]:
+    config = json.loads((folder / "config.json").read_text())
+    weights = next((folder / f for f in _WEIGHT_FILES if (folder / f).exists()), None)
+    if weights is None:
+        raise ConfigError(f"{folder} has config.json but no weights ({', '.join(_WEIGHT_FILES)})")
+    return config, weights
+
+
+def _resolve(source: str, arch: str | None) -> tuple[str, dict, dict, dict[str, torch.Tensor] | None]:
+    """``(architecture, model_args, pretrained_cfg, state_dict or None for timm's own weights)``."""
+    if source.startswith("hf-hub:"):
+        from huggingface_hub import hf_hub_download
+
+        repo = source[len("hf-hub:") :]
+        config_path = Path(hf_hub_download(repo, "config.json"))
+        for name in _WEIGHT_FILES:
+            try:
+                hf_hub_download(repo, name)
+                break
+            except Exception:  # noqa: BLE001 - try the next file name
+                continue
+        source = str(config_path.parent)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "export" / "config.json").exists():
+            path = path / "export"
+        if not (path / "config.json").exists():
+            raise ConfigError(f"{path} is neither a run folder nor an export folder (no config.json)")
+        config, weights = _folder_config(path)
+        architecture = config.get("architecture") or arch
+        return (
+            architecture,
+            dict(config.get("model_args", {})),
+            dict(config.get("pretrained_cfg", {})),
+            read_weights(weights),
+        )
+    if path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
+        if not arch:
+            raise ConfigError(
+                f"{path} is a bare checkpoint: also give the architecture, e.g. arch=vit_base_patch16_224"
+            )
+        return arch, {}, {}, read_weights(path)
+    name = source[len("timm:") :] if source.startswith("timm:") else source
+    return name, {}, {}, None
+
+
+def load_backbone(
+    source: str | Path,
+    in_chans: int | None = None,
+    img_size: int | None = None,
+    arch: str | None = None,
+    channel_mode: str = "mean",
+    dynamic_img_size: bool = True,
+    pretrained: bool = True,
+) -> VisionTransformer:
+    """Build the ViT described by ``source`` (see the module docstring) with its weights, headless.
+
+    The returned model's ``pretrained_cfg`` holds the preprocessing of the weights (``input_size``, ``mean``,
+    ``std`` and domainfm's extra keys), with ``input_size`` updated to ``in_chans``/``img_size`` when given.
+    """
+    import timm
+
+    architecture, model_args, pretrained_cfg, state = _resolve(str(source), arch)
+    args = {**model_args, "num_classes": 0, "dynamic_img_size": dynamic_img_size}
+    if img_size is not None:
+        args["img_size"] = img_size
+    src_chans = int(model_args.get("in_chans", (pretrained_cfg.get("input_size") or [3])[0]))
+    if state is None:  # timm's own hub weights: timm adapts channels (sum for 1 channel) and positions itself
+        model = timm.create_model(architecture, pretrained=pretrained, **args, in_chans=in_chans or 3)
+    else:
+        if "patch_embed.proj.weight" in state:
+            src_chans = state["patch_embed.proj.weight"].shape[1]
+        args["in_chans"] = in_chans or src_chans
+        model = timm.create_model(architecture, pretrained=False, **args)
+        if "patch_embed.proj.weight" in state:
+            state["patch_embed.proj.weight"] = adapt_channels(
+                state["patch_embed.proj.weight"], args["in_chans"], channel_mode
+            )
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        state = checkpoint_filter_fn(state, model)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(("head", "fc_norm"))]
+        unexpected = [k for k in unexpected if not k.startswith(("head", "fc_norm", "mask_token"))]
+        if missing:
+            raise ConfigError(f"weights from {source} do not fit {architecture}: missing {missing[:5]}")
+        if unexpected:
+            log.warning("ignored %d unexpected keys from %s (e.g. %s)", len(unexpected), source, unexpected[:3])
+    cfg = dict(model.pretrained_cfg)
+    cfg.update({k: v for k, v in pretrained_cfg.items() if v is not None})
+    chans = model.patch_embed.proj.in_channels
+    h, w = model.patch_embed.img_size
+    cfg["input_size"] = (chans, h, w)
+    for key in ("mean", "std"):
+        values = list(cfg.get(key) or [])
+        if values and len(values) != chans:
+            cfg[key] = [float(sum(values) / len(values))] * chans
+    model.pretrained_cfg = cfg
+    return model
