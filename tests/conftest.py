@@ -46,3 +46,27 @@ def kather_tiles() -> Path:
     from domainfm.sample_data import sample_path
 
     return sample_path("kather2016_tiles")
+
+
+def compose(command: str, overrides: list[str]):
+    """The config ``domainfm <command> <overrides>`` would run, composed in-process (no new interpreter)."""
+    from domainfm.cli import _register_resolvers
+    from domainfm.configsearch import CORE_CONFIGS, searchpath_override
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    _register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CORE_CONFIGS), version_base="1.3"):
+            return hydra_compose(config_name=command, overrides=[searchpath_override(), *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def pretrain_in_process(overrides: list[str]) -> dict:
+    """Run ``domainfm pretrain`` in this process (needs ``run_dir=`` among the overrides); returns the summary."""
+    from domainfm.commands import pretrain
+
+    return pretrain.run(compose("pretrain", overrides))

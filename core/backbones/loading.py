@@ -36,7 +36,8 @@ def adapt_channels(weight: torch.Tensor, in_chans: int, mode: str = "mean") -> t
     - ``in_chans == 1``: ``mode="mean"`` averages the input filters (default); ``mode="sum"`` sums them (timm's
       convention: the response to a grey image equals the response to that image replicated on ``I`` channels).
     - ``in_chans > C``: the filters are repeated cyclically and scaled by ``C / in_chans`` (repeat-and-rescale, as
-      timm's ``adapt_input_conv``), so an input with equal channels gives the same response.
+      timm's ``adapt_input_conv``); when ``in_chans`` is a multiple of ``C`` an input with equal channels gives the
+      same response as the source model.
     - ``1 < in_chans < C``: the first ``in_chans`` filters, scaled by ``C / in_chans``.
     """
     src = weight.shape[1]
@@ -130,19 +131,21 @@ def load_backbone(
     channel_mode: str = "mean",
     dynamic_img_size: bool = True,
     pretrained: bool = True,
+    **model_args: Any,
 ) -> VisionTransformer:
     """Build the ViT described by ``source`` (see the module docstring) with its weights, headless.
 
     The returned model's ``pretrained_cfg`` holds the preprocessing of the weights (``input_size``, ``mean``,
     ``std`` and domainfm's extra keys), with ``input_size`` updated to ``in_chans``/``img_size`` when given.
+    Extra keyword arguments go to ``timm.create_model`` (e.g. ``depth`` for a bare checkpoint of a custom ViT).
     """
     import timm
 
-    architecture, model_args, pretrained_cfg, state = _resolve(str(source), arch)
-    args = {**model_args, "num_classes": 0, "dynamic_img_size": dynamic_img_size}
+    architecture, saved_args, pretrained_cfg, state = _resolve(str(source), arch)
+    args = {**saved_args, **model_args, "num_classes": 0, "dynamic_img_size": dynamic_img_size}
     if img_size is not None:
         args["img_size"] = img_size
-    src_chans = int(model_args.get("in_chans", (pretrained_cfg.get("input_size") or [3])[0]))
+    src_chans = int(saved_args.get("in_chans", (pretrained_cfg.get("input_size") or [3])[0]))
     if state is None:  # timm's own hub weights: timm adapts channels (sum for 1 channel) and positions itself
         model = timm.create_model(architecture, pretrained=pretrained, **args, in_chans=in_chans or 3)
     else:

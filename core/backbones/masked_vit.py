@@ -26,7 +26,7 @@ class EncodedTokens:
 
     tokens: torch.Tensor
     num_prefix: int
-    grid: tuple[int, int]
+    grid: tuple[int, ...]
     patch_ids: torch.Tensor | None = None
     valid: torch.Tensor | None = None
 
@@ -64,10 +64,8 @@ class MaskedViT(nn.Module):
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch-embed and add position embeddings; returns ``(B, P + N, D)`` and the grid."""
         x = self.vit.patch_embed(images)
-        if x.ndim == 4:  # dynamic image size: (B, H, W, D)
-            grid = (x.shape[1], x.shape[2])
-        else:
-            grid = self.vit.patch_embed.grid_size
+        # channels-last grids: (B, H, W, D) for dynamic-size 2D ViTs, (B, d, h, w, D) for the 3D ViT
+        grid = tuple(x.shape[1:-1]) if x.ndim >= 4 else tuple(self.vit.patch_embed.grid_size)
         return self.vit._pos_embed(x), grid
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None, mode: str = "drop") -> EncodedTokens:
@@ -97,7 +95,8 @@ class MaskedViT(nn.Module):
             raise ValueError("mode='replace' needs MaskedViT(mask_token=True)")
         vit = self.vit
         x = vit.patch_embed(images)
-        grid = (x.shape[1], x.shape[2]) if x.ndim == 4 else vit.patch_embed.grid_size
+        grid = tuple(x.shape[1:-1]) if x.ndim >= 4 else tuple(vit.patch_embed.grid_size)
+
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
         w = mask.reshape(flat.shape[0], -1, 1).to(flat.dtype)
         flat = flat * (1 - w) + self.mask_token.to(flat.dtype) * w

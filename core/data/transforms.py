@@ -68,6 +68,151 @@ class ResizeView:
         return self.normalize(self.ops(image))
 
 
+class CropParams(dict):
+    """Where a view came from: ``top``, ``left``, ``height``, ``width`` (pixels of the source image), ``hflip``,
+    ``vflip``, ``size`` (output ``(h, w)``)."""
+
+
+def random_crop(
+    image: torch.Tensor,
+    size: tuple[int, int],
+    scale: Sequence[float],
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    vflip: float = 0.0,
+) -> tuple[torch.Tensor, CropParams]:
+    """Random resized crop + flips of a ``C x H x W`` tensor (any C), returning the crop parameters too."""
+    from torchvision.transforms import RandomResizedCrop
+    from torchvision.transforms.v2 import functional as TF
+
+    top, left, h, w = RandomResizedCrop.get_params(image, list(scale), list(ratio))
+    out = TF.resized_crop(image, top, left, h, w, list(size), antialias=True)
+    do_h = bool(torch.rand(()) < hflip)
+    do_v = bool(torch.rand(()) < vflip)
+    if do_h:
+        out = out.flip(-1)
+    if do_v:
+        out = out.flip(-2)
+    return out, CropParams(top=top, left=left, height=h, width=w, hflip=do_h, vflip=do_v, size=tuple(size))
+
+
+class RGBPhotometric:
+    """DINO/BYOL photometric augmentation for RGB images in [0, 1]: colour jitter (p=0.8), grayscale (p=0.2),
+    Gaussian blur (p=``blur``), solarisation (p=``solarize``). Refuses images that are not 3-channel: jittering
+    hue/saturation of CT, multispectral or single-stain images is meaningless."""
+
+    def __init__(
+        self,
+        jitter: float = 0.8,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.2,
+        hue: float = 0.1,
+        grayscale: float = 0.2,
+        blur: float = 0.5,
+        solarize: float = 0.0,
+    ):
+        ops: list[Any] = [
+            v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue)], p=jitter),
+            v2.RandomGrayscale(p=grayscale),
+        ]
+        if blur:
+            ops.append(v2.RandomApply([v2.GaussianBlur(9, sigma=(0.1, 2.0))], p=blur))
+        if solarize:
+            ops.append(v2.RandomSolarize(0.5, p=solarize))
+        self.ops = v2.Compose(ops)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(
+                f"RGB photometric augmentation got a {image.shape[0]}-channel image; it only applies to RGB "
+                "(set photometric: null for other modalities and use the domain's own augmentation)"
+            )
+        return self.ops(image)
+
+
+class MultiCropView:
+    """``n_global`` global and ``n_local`` local views (DINO multi-crop). Output keys: ``global_crops`` (list of
+    ``C x G x G``), ``local_crops`` (list of ``C x L x L``), and ``crop_params`` (one :class:`CropParams` per view,
+    global first) when ``return_params``. ``photometric`` (e.g. :class:`RGBPhotometric`) runs before normalisation;
+    ``masking`` adds ``masks`` ``(n_global, N)`` for the global views (iBOT)."""
+
+    def __init__(
+        self,
+        global_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        local_size: int = 96,
+        n_global: int = 2,
+        n_local: int = 8,
+        global_scale: Sequence[float] = (0.32, 1.0),
+        local_scale: Sequence[float] = (0.05, 0.32),
+        hflip: float = 0.5,
+        vflip: float = 0.0,
+        photometric=None,
+        masking=None,
+        return_params: bool = False,
+    ):
+        self.global_size, self.local_size = _pair(global_size), _pair(local_size)
+        self.n_global, self.n_local = n_global, n_local
+        self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
+        self.hflip, self.vflip = hflip, vflip
+        self.photometric, self.masking, self.return_params = photometric, masking, return_params
+        self.normalize = Normalize(mean, std)
+
+    def _view(self, image: torch.Tensor, size, scale):
+        out, params = random_crop(image, size, scale, hflip=self.hflip, vflip=self.vflip)
+        if self.photometric is not None:
+            out = self.photometric(out)
+        return self.normalize(out), params
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        image = sample["image"]
+        views = [self._view(image, self.global_size, self.global_scale) for _ in range(self.n_global)]
+        views += [self._view(image, self.local_size, self.local_scale) for _ in range(self.n_local)]
+        out = {k: v for k, v in sample.items() if k != "image"}
+        out["global_crops"] = [v for v, _ in views[: self.n_global]]
+        out["local_crops"] = [v for v, _ in views[self.n_global :]]
+        if self.return_params:
+            out["crop_params"] = [p for _, p in views]
+        if self.masking is not None:
+            out["masks"] = torch.stack([self.masking() for _ in range(self.n_global)])
+        return out
+
+
+class TwoViews:
+    """Two independently augmented views ``view1``/``view2`` (SimCLR, MoCo v3, BYOL) with crop parameters."""
+
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        scale: Sequence[float] = (0.08, 1.0),
+        hflip: float = 0.5,
+        vflip: float = 0.0,
+        photometric=None,
+    ):
+        self.inner = MultiCropView(
+            size,
+            mean,
+            std,
+            n_global=2,
+            n_local=0,
+            global_scale=scale,
+            hflip=hflip,
+            vflip=vflip,
+            photometric=photometric,
+            return_params=True,
+        )
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        out = self.inner(sample)
+        out["view1"], out["view2"] = out.pop("global_crops")
+        out.pop("local_crops")
+        return out
+
+
 class ImageTransform:
     """Apply an image transform to ``sample["image"]``; optionally add a patch mask from ``masking``."""
 

@@ -387,6 +387,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         if cfg.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.clip_grad)
+        self.method.before_optimizer_step(ctx)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

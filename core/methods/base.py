@@ -36,6 +36,10 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        """Hook after gradient clipping, before the optimizer step (e.g. freeze a layer by dropping its grads)."""
+
+    @torch.no_grad()
     def after_step(self, ctx: StepContext) -> None:
         """Hook after the optimizer step (e.g. EMA teacher update). Default: nothing."""
 

@@ -5,6 +5,8 @@ reconstruct masked pixels (see ``domainfm.objectives.mae``). Masks come from the
 
 from __future__ import annotations
 
+import math
+
 import torch
 from domainfm.backbones.masked_vit import MaskedViT
 from domainfm.backbones.pos_embed import sincos_pos_embed
@@ -29,7 +31,7 @@ class MAEDecoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
 
-    def pos_embed(self, grid: tuple[int, int], device) -> torch.Tensor:
+    def pos_embed(self, grid: tuple[int, ...], device) -> torch.Tensor:
         key = tuple(grid)
         if key not in self._pos_cache:
             self._pos_cache[key] = sincos_pos_embed(key, self.proj.out_features)
@@ -53,9 +55,11 @@ class MAEDecoder(nn.Module):
 
 
 class MAE(Method):
+    """MAE on 2D images (timm ViT) or volumes (:class:`~domainfm.backbones.vit3d.VisionTransformer3D`)."""
+
     def __init__(
         self,
-        backbone: VisionTransformer,
+        backbone: nn.Module,
         mask_ratio: float = 0.75,
         decoder_dim: int = 128,
         decoder_depth: int = 2,
@@ -64,10 +68,10 @@ class MAE(Method):
     ):
         super().__init__()
         self.encoder = MaskedViT(backbone)
-        self.patch_size = backbone.patch_embed.patch_size[0]
+        self.patch_size = tuple(backbone.patch_embed.patch_size)
         self.in_chans = backbone.patch_embed.proj.in_channels
         self.decoder = MAEDecoder(
-            backbone.embed_dim, self.patch_size**2 * self.in_chans, decoder_dim, decoder_depth, decoder_heads
+            backbone.embed_dim, math.prod(self.patch_size) * self.in_chans, decoder_dim, decoder_depth, decoder_heads
         )
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
 
@@ -75,20 +79,22 @@ class MAE(Method):
     def backbone(self) -> VisionTransformer:
         return self.encoder.vit
 
+    def grid(self, images: torch.Tensor) -> tuple[int, ...]:
+        return tuple(s // p for s, p in zip(images.shape[2:], self.patch_size))
+
     def forward(self, batch, ctx: StepContext | None = None) -> dict[str, torch.Tensor]:
         images = batch["image"]
-        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        grid = self.grid(images)
         mask = batch.get("mask")
         if mask is None:
             gen = RandomPatchMask(grid, self.mask_ratio)
             mask = torch.stack([gen() for _ in range(images.shape[0])]).to(images.device)
         encoded = self.encoder(images, mask, mode="drop")
-        pred = self.decoder(encoded, grid[0] * grid[1])
+        pred = self.decoder(encoded, math.prod(grid))
         loss = mae_loss(pred, patchify(images, self.patch_size), mask, self.norm_pix_loss)
         return {"loss": loss}
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Predicted patches ``(B, N, p*p*C)`` (in normalised-patch units when ``norm_pix_loss``)."""
-        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
-        return self.decoder(self.encoder(images, mask, mode="drop"), grid[0] * grid[1])
+        """Predicted patches ``(B, N, prod(p) * C)`` (in normalised-patch units when ``norm_pix_loss``)."""
+        return self.decoder(self.encoder(images, mask, mode="drop"), math.prod(self.grid(images)))

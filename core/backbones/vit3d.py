@@ -1,0 +1,103 @@
+"""3D Vision Transformer for volumes and voxel grids (``C x D x H x W``): Conv3d patch embedding, fixed 3D sin-cos
+position embedding (computed for whatever grid the input gives), timm transformer blocks. It exposes the attributes
+that :class:`~domainfm.backbones.masked_vit.MaskedViT` uses, so MAE-style masking works unchanged."""
+
+from __future__ import annotations
+
+import torch
+from domainfm.backbones.pos_embed import sincos_pos_embed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+
+def _triple(x: int | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
+    return (x, x, x) if isinstance(x, int) else (int(x[0]), int(x[1]), int(x[2]))
+
+
+class PatchEmbed3D(nn.Module):
+    """Non-overlapping ``p_d x p_h x p_w`` patches -> tokens; output ``(B, d, h, w, D)`` (channels last)."""
+
+    def __init__(self, img_size=96, patch_size=16, in_chans: int = 1, embed_dim: int = 192):
+        super().__init__()
+        self.img_size, self.patch_size = _triple(img_size), _triple(patch_size)
+        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            raise ValueError(f"expected a volume batch (B, C, D, H, W), got shape {tuple(x.shape)}")
+        if any(s % p for s, p in zip(x.shape[2:], self.patch_size)):
+            raise ValueError(f"volume size {tuple(x.shape[2:])} is not divisible by patch size {self.patch_size}")
+        return self.proj(x).permute(0, 2, 3, 4, 1)
+
+
+class VisionTransformer3D(nn.Module):
+    """ViT over 3D patches with a cls token and fixed sin-cos positions (as MAE's decoder, extended to 3 axes)."""
+
+    def __init__(
+        self,
+        img_size=96,
+        patch_size=16,
+        in_chans: int = 1,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.embed_dim, self.num_prefix_tokens = embed_dim, 1
+        self.patch_embed = PatchEmbed3D(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        nn.init.normal_(self.cls_token, std=0.02)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.Sequential(
+            *[Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i]) for i in range(depth)]
+        )
+        self.norm_pre, self.patch_drop = nn.Identity(), nn.Identity()
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.grad_checkpointing = False
+        self._pos: dict[tuple[int, ...], torch.Tensor] = {}
+        self.config = dict(
+            img_size=list(self.patch_embed.img_size),
+            patch_size=list(self.patch_embed.patch_size),
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+        )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def pos_embed(self, grid: tuple[int, ...], device, dtype) -> torch.Tensor:
+        if grid not in self._pos:
+            self._pos[grid] = sincos_pos_embed(grid, self.embed_dim)
+        return self._pos[grid].to(device=device, dtype=dtype)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, d, h, w, D)`` -> ``(B, 1 + N, D)`` with positions added and the cls token prepended."""
+        grid = tuple(x.shape[1:-1])
+        x = x.reshape(x.shape[0], -1, x.shape[-1]) + self.pos_embed(grid, x.device, x.dtype)
+        return torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pos_embed(self.patch_embed(x))
+        return self.norm(self.blocks(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled feature: the cls token."""
+        return self.forward_features(x)[:, 0]
+
+
+def vit3d_tiny(**kwargs) -> VisionTransformer3D:
+    return VisionTransformer3D(**{"embed_dim": 192, "depth": 12, "num_heads": 3, **kwargs})
+
+
+def vit3d_small(**kwargs) -> VisionTransformer3D:
+    return VisionTransformer3D(**{"embed_dim": 384, "depth": 12, "num_heads": 6, **kwargs})
+
+
+def vit3d_base(**kwargs) -> VisionTransformer3D:
+    return VisionTransformer3D(**{"embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})

@@ -1,0 +1,146 @@
+"""DINOv2-style self-distillation (Oquab et al. 2023): DINO loss on cls tokens over multi-crop views, iBOT loss on
+masked patch tokens of the global views, KoLeo on the student's global cls tokens, EMA teacher.
+
+Faithful to ``dinov2/train/ssl_meta_arch.py``: the teacher sees the unmasked global crops, its cls outputs are swapped
+between the two global views (view A teaches view B's student and vice versa); local crops are taught by both global
+views; the loss terms are normalised by ``n_global * (n_global - 1) + n_global * n_local``; KoLeo (weight 0.1) is
+applied per global view on the backbone cls token; the iBOT head is shared with the DINO head by default; the
+teacher's momentum follows a cosine 0.992 -> 1 and its temperature warms up linearly 0.04 -> 0.07 over the first
+30 % of training (30 of 100 epochs in DINOv2); the last layer of the DINO head is frozen for the first 1 % of steps.
+The exported backbone is the teacher's, as for published DINOv2/UNI weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from domainfm.backbones.masked_vit import MaskedViT
+from domainfm.engine.schedules import CosineSchedule, LinearWarmupSchedule
+from domainfm.methods.base import Method, StepContext
+from domainfm.methods.ema import ema_update, make_teacher
+from domainfm.methods.heads import DINOHead
+from domainfm.objectives.dino import DINOLoss
+from domainfm.objectives.ibot import IBOTPatchLoss
+from domainfm.objectives.koleo import koleo_loss
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+
+class _Branch(nn.Module):
+    """Backbone (with mask token) + DINO head (+ optional separate iBOT head)."""
+
+    def __init__(self, backbone: VisionTransformer, head: DINOHead, ibot_head: DINOHead | None):
+        super().__init__()
+        self.encoder = MaskedViT(backbone, mask_token=True)
+        self.head = head
+        self.ibot_head = ibot_head
+
+    def patch_head(self) -> DINOHead:
+        return self.ibot_head if self.ibot_head is not None else self.head
+
+
+class DINOv2(Method):
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        separate_ibot_head: bool = False,
+        ibot_out_dim: int | None = None,
+        dino_weight: float = 1.0,
+        ibot_weight: float = 1.0,
+        koleo_weight: float = 0.1,
+        centering: str = "centering",
+        student_temp: float = 0.1,
+        teacher_temp: tuple[float, float] = (0.04, 0.07),
+        teacher_temp_warmup: float = 0.3,
+        momentum: tuple[float, float] = (0.992, 1.0),
+        freeze_last_layer: float = 0.01,
+    ):
+        super().__init__()
+        head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers)
+        ibot_dim = ibot_out_dim or out_dim
+        ibot_head = (
+            DINOHead(backbone.embed_dim, ibot_dim, hidden_dim, bottleneck_dim, head_layers)
+            if separate_ibot_head
+            else None
+        )
+        self.student = _Branch(backbone, head, ibot_head)
+        self.teacher = make_teacher(self.student)
+        self.dino_loss = DINOLoss(out_dim, student_temp, centering=centering)
+        self.ibot_loss = IBOTPatchLoss(ibot_dim if separate_ibot_head else out_dim, student_temp, centering=centering)
+        self.weights = {"dino": dino_weight, "ibot": ibot_weight, "koleo": koleo_weight}
+        self.teacher_temp = LinearWarmupSchedule(teacher_temp[0], teacher_temp[1], teacher_temp_warmup)
+        self.momentum = CosineSchedule(momentum[0], momentum[1])
+        self.freeze_last_layer = freeze_last_layer
+
+    @property
+    def backbone(self) -> VisionTransformer:
+        return self.teacher.encoder.vit
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def forward(self, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        globals_ = batch["global_crops"]
+        locals_ = batch.get("local_crops") or []
+        n_g, n_l = len(globals_), len(locals_)
+        if n_g != 2:
+            raise ValueError(f"DINOv2 needs exactly 2 global crops, got {n_g}")
+        B = globals_[0].shape[0]
+        g = torch.cat(globals_)  # (2B, C, H, W): all first views, then all second views
+        masks = batch.get("masks")
+        masks = torch.cat([masks[:, 0], masks[:, 1]]) if masks is not None else None
+        temp = self.teacher_temp(ctx.step, ctx.max_steps)
+
+        with torch.no_grad():
+            t_out = self.teacher.encoder(g)
+            t_cls = torch.cat([t_out.cls[B:], t_out.cls[:B]])  # swap views
+            t_probs = self.dino_loss.teacher_probs(self.teacher.head(t_cls), temp).chunk(2)
+            if masks is not None and self.weights["ibot"] > 0:
+                t_patch = self.teacher.patch_head()(t_out.patches[masks])
+                t_patch_probs = self.ibot_loss.teacher_probs(t_patch, temp)
+
+        s_out = self.student.encoder(g, masks, mode="replace") if masks is not None else self.student.encoder(g)
+        s_cls_logits = self.student.head(s_out.cls)
+        n_terms = n_g * (n_g - 1) + n_g * n_l
+        losses: dict[str, torch.Tensor] = {}
+        # global: student view A vs teacher view B (the swap above), as one mean over 2B rows, times 2
+        dino_global = self.dino_loss([s_cls_logits], [torch.cat(t_probs)]) * 2 / n_terms
+        total = self.weights["dino"] * dino_global
+        losses["dino_global"] = dino_global.detach()
+        if n_l:
+            s_local = self.student.head(self.student.encoder(torch.cat(locals_)).cls).chunk(n_l)
+            dino_local = self.dino_loss(list(s_local), list(t_probs)) / n_terms  # both global views teach
+
+            total = total + self.weights["dino"] * dino_local
+            losses["dino_local"] = dino_local.detach()
+        if self.weights["koleo"] > 0:
+            koleo = sum(koleo_loss(c) for c in s_out.cls.chunk(2))
+            total = total + self.weights["koleo"] * koleo
+            losses["koleo"] = koleo.detach()
+        if masks is not None and self.weights["ibot"] > 0:
+            s_patch = self.student.patch_head()(s_out.patches[masks])
+            ibot = self.ibot_loss(s_patch, t_patch_probs, masks)
+            total = total + self.weights["ibot"] * ibot
+            losses["ibot"] = ibot.detach()
+        losses["teacher_temp"] = torch.tensor(temp)
+        return {"loss": total, **losses}
+
+    @torch.no_grad()
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        """DINO's ``cancel_gradients_last_layer``: no update of the prototypes early in training."""
+        if ctx.step < self.freeze_last_layer * ctx.max_steps:
+            for head in (self.student.head, self.student.ibot_head):
+                for p in head.last_layer.parameters() if head is not None else []:
+                    p.grad = None
+
+    @torch.no_grad()
+    def after_step(self, ctx: StepContext) -> None:
+        ema_update(self.teacher, self.student, self.momentum(ctx.step, ctx.max_steps))

@@ -1,0 +1,57 @@
+"""View transforms: any channel count, per-view parameters, RGB-only photometric jitter."""
+
+import pytest
+import torch
+from domainfm.data.collate import collate_samples
+from domainfm.data.masking import IBOTMask
+from domainfm.data.transforms import MultiCropView, RandomView, RGBPhotometric, TwoViews
+from torchvision.transforms.v2 import functional as TF
+
+
+def test_multicrop_shapes_params_and_masks_for_13_bands():
+    torch.manual_seed(0)
+    image = torch.rand(13, 60, 50)
+    view = MultiCropView(
+        32,
+        [0.0] * 13,
+        [1.0] * 13,
+        local_size=16,
+        n_local=3,
+        return_params=True,
+        masking=IBOTMask(4, prob=1.0, ratio=(0.25, 0.25)),
+    )
+    out = view({"image": image, "meta": {"path": "x"}})
+    assert [t.shape for t in out["global_crops"]] == [(13, 32, 32)] * 2
+    assert [t.shape for t in out["local_crops"]] == [(13, 16, 16)] * 3
+    assert out["masks"].shape == (2, 16) and out["meta"] == {"path": "x"}
+    # the parameters reproduce each view from the source image (mean 0, std 1: normalisation is the identity)
+    for crop, p in zip(out["global_crops"] + out["local_crops"], out["crop_params"]):
+        ref = TF.resized_crop(image, p["top"], p["left"], p["height"], p["width"], list(p["size"]), antialias=True)
+        if p["hflip"]:
+            ref = ref.flip(-1)
+        torch.testing.assert_close(crop, ref)
+    batch = collate_samples([out, view({"image": image, "meta": {"path": "y"}})])
+    assert batch["global_crops"][0].shape == (2, 13, 32, 32) and batch["masks"].shape == (2, 2, 16)
+
+
+def test_two_views_differ_and_normalise():
+    torch.manual_seed(1)
+    out = TwoViews(16, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])({"image": torch.rand(3, 40, 40)})
+    assert out["view1"].shape == out["view2"].shape == (3, 16, 16)
+    assert not torch.equal(out["view1"], out["view2"])
+    assert out["view1"].min() >= -2.0 - 1e-6 and out["view1"].max() <= 2.0 + 1e-6
+
+
+def test_rgb_photometric_refuses_other_channel_counts():
+    RGBPhotometric()(torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match="13-channel image; it only applies to RGB"):
+        RGBPhotometric()(torch.rand(13, 8, 8))
+    with pytest.raises(ValueError, match="1-channel"):
+        MultiCropView(8, [0.5], [0.2], local_size=4, n_local=1, photometric=RGBPhotometric())(
+            {"image": torch.rand(1, 9, 9)}
+        )
+
+
+def test_random_view_checks_normalisation_channels():
+    with pytest.raises(ValueError, match="image has 1 channels, normalisation expects 3"):
+        RandomView(8, [0.5] * 3, [0.2] * 3)(torch.rand(1, 10, 10))
