@@ -23,6 +23,19 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
     return TrainerConfig.from_dict(values)
 
 
+def _method_report(trainer: Trainer, dataset, transform, run_dir, preprocess: dict) -> None:
+    """Let the method draw its figures (e.g. MAE reconstructions) on a few fixed samples."""
+    from domainfm.data.collate import collate_samples
+    from domainfm.data.sampling import SeededDataset
+
+    samples = SeededDataset(dataset, transform)
+    n = min(6, len(dataset))
+    batch = collate_samples([samples[(i, 12345 + i)] for i in range(n)])
+    method = trainer.strategy.full_module(trainer.method)
+    for path in method.report(batch, run_dir / "report", preprocess):
+        log.info("report: %s", path)
+
+
 def run(cfg: DictConfig) -> dict:
     run_dir = output_dir(cfg)
     tcfg = trainer_config(cfg)
@@ -41,6 +54,7 @@ def run(cfg: DictConfig) -> dict:
         from domainfm.reports.curves import plot_loss_curve
 
         plot_loss_curve(run_dir)
+        _method_report(trainer, dataset, transform, run_dir, preprocess)
         (run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
         print(summary.render(), flush=True)
     dist_utils.barrier()

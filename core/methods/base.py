@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,3 +46,7 @@ class Method(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return set()
+
+    def report(self, batch: dict[str, Any], out_dir: Path, preprocess: dict[str, Any]) -> list[Path]:
+        """Method-specific figures for ``<run_dir>/report`` (e.g. MAE reconstructions). Default: none."""
+        return []

@@ -98,3 +98,19 @@ class MAE(Method):
     def reconstruct(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Predicted patches ``(B, N, prod(p) * C)`` (in normalised-patch units when ``norm_pix_loss``)."""
         return self.decoder(self.encoder(images, mask, mode="drop"), math.prod(self.grid(images)))
+
+    def report(self, batch, out_dir, preprocess) -> list:
+        if batch["image"].ndim != 4 or "mask" not in batch:
+            return []
+        from domainfm.reports.reconstructions import mae_reconstruction_figure
+
+        n = min(6, batch["image"].shape[0])
+        path = mae_reconstruction_figure(
+            self,
+            batch["image"][:n],
+            batch["mask"][:n],
+            preprocess["mean"],
+            preprocess["std"],
+            out_dir / "reconstructions.png",
+        )
+        return [path]

@@ -1,0 +1,51 @@
+"""MAE reconstruction figure: input, masked input and reconstruction side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from domainfm.objectives.mae import patchify, unpatchify
+
+
+@torch.no_grad()
+def mae_reconstruction_figure(method, images: torch.Tensor, masks: torch.Tensor, mean, std, out: str | Path) -> Path:
+    """Rows: samples; columns: original, visible patches, reconstruction (masked patches predicted, visible patches
+    copied). With ``norm_pix_loss`` the predicted patches are mapped back with each original patch's mean/std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    method.eval()
+    pred = method.reconstruct(images, masks).float()
+    target = patchify(images, method.patch_size)
+    if method.norm_pix_loss:
+        mu, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        pred = pred * (var + 1e-6) ** 0.5 + mu
+    m = masks[..., None].float()
+    grid = method.grid(images)
+    C = images.shape[1]
+    recon = unpatchify(pred * m + target * (1 - m), grid, method.patch_size, C)
+    visible = unpatchify(target * (1 - m), grid, method.patch_size, C)
+    mean_t = torch.tensor(list(mean), dtype=images.dtype)[:, None, None]
+    std_t = torch.tensor(list(std), dtype=images.dtype)[:, None, None]
+
+    def show(x):
+        x = (x.cpu() * std_t + mean_t).clamp(0, 1)
+        return x[0] if C == 1 else x[:3].permute(1, 2, 0)
+
+    n = images.shape[0]
+    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), dpi=100, squeeze=False)
+    for i in range(n):
+        for j, (img, title) in enumerate(((images[i], "input"), (visible[i], "visible"), (recon[i], "reconstruction"))):
+            axes[i, j].imshow(show(img), cmap="gray" if C == 1 else None, vmin=0, vmax=1)
+            axes[i, j].axis("off")
+            if i == 0:
+                axes[i, j].set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
