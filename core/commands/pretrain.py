@@ -23,7 +23,7 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
     return TrainerConfig.from_dict(values)
 
 
-def _method_report(trainer: Trainer, dataset, transform, run_dir, preprocess: dict) -> None:
+def _method_report(method, dataset, transform, run_dir, preprocess: dict) -> None:
     """Let the method draw its figures (e.g. MAE reconstructions) on a few fixed samples."""
     from domainfm.data.collate import collate_samples
     from domainfm.data.sampling import SeededDataset
@@ -31,7 +31,6 @@ def _method_report(trainer: Trainer, dataset, transform, run_dir, preprocess: di
     samples = SeededDataset(dataset, transform)
     n = min(6, len(dataset))
     batch = collate_samples([samples[(i, 12345 + i)] for i in range(n)])
-    method = trainer.strategy.full_module(trainer.method)
     for path in method.report(batch, run_dir / "report", preprocess):
         log.info("report: %s", path)
 
@@ -47,14 +46,14 @@ def run(cfg: DictConfig) -> dict:
     method = instantiate(cfg.method)
     trainer = Trainer(method, dataset, run_dir, tcfg, transform=transform)
     summary = trainer.fit()
-    backbone = trainer.backbone_state()
+    full = trainer.full_method()  # a collective under FSDP: every rank takes part
     if dist_utils.is_main():
         preprocess = OmegaConf.to_container(cfg.preprocess, resolve=True)
-        summary.export = str(export_backbone(backbone, run_dir / "export", preprocess, tag=f"domainfm-{cfg.name}"))
+        summary.export = str(export_backbone(full.backbone, run_dir / "export", preprocess, tag=f"domainfm-{cfg.name}"))
         from domainfm.reports.curves import plot_loss_curve
 
         plot_loss_curve(run_dir)
-        _method_report(trainer, dataset, transform, run_dir, preprocess)
+        _method_report(full, dataset, transform, run_dir, preprocess)
         (run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
         print(summary.render(), flush=True)
     dist_utils.barrier()

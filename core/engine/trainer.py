@@ -423,9 +423,9 @@ class Trainer:
             )
         dist_utils.barrier()
 
-    def backbone_state(self) -> nn.Module:
-        """The method's backbone with full (unsharded) weights, on CPU."""
-        return self.strategy.full_module(self.method).backbone
+    def full_method(self) -> nn.Module:
+        """A CPU copy of the method with full (unsharded) weights; under FSDP every rank must call it."""
+        return self.strategy.full_module(self.method)
 
 
 def _is_scalar(v: Any) -> bool:
