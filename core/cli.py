@@ -65,6 +65,21 @@ def _user_error(err: BaseException | None) -> BaseException | None:
     return None
 
 
+def compose_config(command: str, overrides: list[str] | None = None) -> DictConfig:
+    """The config that ``domainfm <command> <overrides>`` would run, composed in this process (for notebooks,
+    scripts and tests): ``pretrain.run(compose_config("pretrain", ["run_dir=runs/x", ...]))``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    _register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CORE_CONFIGS), version_base="1.3"):
+            return compose(config_name=command, overrides=[searchpath_override(), *(overrides or [])])
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def _usage() -> str:
     width = max(map(len, SUBCOMMANDS))
     lines = ["usage: domainfm <command> [key=value ...] [--cfg job] [-m]", "", "commands:"]

@@ -50,19 +50,9 @@ def kather_tiles() -> Path:
 
 def compose(command: str, overrides: list[str]):
     """The config ``domainfm <command> <overrides>`` would run, composed in-process (no new interpreter)."""
-    from domainfm.cli import _register_resolvers
-    from domainfm.configsearch import CORE_CONFIGS, searchpath_override
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from domainfm.cli import compose_config
 
-    _register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CORE_CONFIGS), version_base="1.3"):
-            return hydra_compose(config_name=command, overrides=[searchpath_override(), *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config(command, overrides)
 
 
 def pretrain_in_process(overrides: list[str]) -> dict:

@@ -12,11 +12,14 @@ from torch.utils.data import Dataset
 
 
 class NpzImages(Dataset):
-    """Images ``(N, H, W)`` or ``(N, H, W, C)`` (uint8 or float) from ``key`` of an ``.npz`` file; labels from
-    ``labels_key`` when given. Samples: ``{"image": C x H x W float in [0, 1], "label": int, "meta": {"index": i}}``."""
+    """Images ``(N, H, W)`` or ``(N, H, W, C)`` (uint8 or float) from array ``key`` of the ``.npz`` file ``root``;
+    labels from ``labels_key`` when given. Samples: ``{"image": C x H x W float in [0, 1], "label": int,
+    "meta": {"index": i}}``."""
 
-    def __init__(self, path: str | Path, key: str = "train_images", labels_key: str | None = None):
-        self.path = Path(path)
+    def __init__(
+        self, root: str | Path, key: str = "train_images", labels_key: str | None = None, in_chans: int | None = None
+    ):
+        self.path = Path(root)
         if not self.path.exists():
             raise DataError(f"{self.path} not found: point data.root at the .npz file")
         with np.load(self.path) as archive:
@@ -26,6 +29,11 @@ class NpzImages(Dataset):
             self.labels = archive[labels_key].reshape(len(images), -1)[:, 0].astype(np.int64) if labels_key else None
         if images.ndim == 3:
             images = images[..., None]
+        if in_chans is not None and images.shape[-1] != in_chans:
+            raise DataError(
+                f"{self.path}[{key}] has {images.shape[-1]} channels, the config expects {in_chans} "
+                "(set preprocess.in_chans)"
+            )
         self.images = images  # N, H, W, C
 
     def __len__(self) -> int:

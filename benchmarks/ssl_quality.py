@@ -1,0 +1,279 @@
+"""It must learn: pretrain ViT-Tiny/16 at 64 px on PneumoniaMNIST train images (labels unused) with domainfm's `mae`
+and `dinov2` recipes and with lightly's implementations of the same methods (same backbone, initialisation, views,
+batch and number of steps), then kNN (k=20, cosine, centred) and a logistic-regression probe on the test split,
+against the same backbone at random initialisation and raw pixels. Balanced accuracy and AUROC with 95 % bootstrap
+CIs, and steps/s.
+
+    PYTHONPATH=.bench/lightly .venv/bin/python benchmarks/ssl_quality.py --mae-steps 300 --dinov2-steps 1500
+    # lightly lives only in the benchmark environment:
+    .venv/bin/pip install --target .bench/lightly lightly==1.6.0 --no-deps
+
+Writes a markdown table to stdout and ``.bench/ssl_quality.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+NPZ = REPO.parent / "shared" / "data" / "medical" / "pneumoniamnist.npz"
+SIZE, PATCH, MEAN, STD = 64, 16, [0.5], [0.25]
+
+
+# ---------------------------------------------------------------- domainfm runs (through the CLI's config path)
+def run_domainfm(method: str, steps: int, batch: int, out: Path) -> dict:
+    from domainfm.cli import compose_config
+    from domainfm.commands import pretrain
+
+    common = [
+        f"recipe=core/{method}_vit_tiny",
+        f"run_dir={out}",
+        f"data.root={NPZ}",
+        f"trainer.max_steps={steps}",
+        f"data.batch_size={batch}",
+        "preprocess.in_chans=1",
+        f"preprocess.img_size={SIZE}",
+        f"preprocess.mean={MEAN}",
+        f"preprocess.std={STD}",
+        f"backbone.patch_size={PATCH}",
+        "data.dataset._target_=domainfm.data.arrays.NpzImages",
+        "trainer.checkpoint_every=100000",
+        "trainer.progress=false",
+    ]
+    if method == "dinov2":
+        common += ["data.transform.photometric=null", "data.transform.local_size=32"]
+    cfg = compose_config("pretrain", common)
+    t = time.perf_counter()
+    summary = pretrain.run(cfg)
+    summary["wall_s"] = time.perf_counter() - t
+    return summary
+
+
+# ---------------------------------------------------------------- lightly runs (same backbone, views and schedule)
+def _views(method: str):
+    from domainfm.data.masking import RandomPatchMask
+    from domainfm.data.transforms import ImageTransform, MultiCropView, RandomView
+
+    if method == "mae":
+        return ImageTransform(RandomView(SIZE, MEAN, STD, scale=(0.2, 1.0)), RandomPatchMask(SIZE // PATCH, 0.75))
+    return MultiCropView(SIZE, MEAN, STD, local_size=32, n_local=4)
+
+
+def _loader(method: str, batch: int, seed: int = 0):
+    from domainfm.data.arrays import NpzImages
+    from domainfm.data.collate import collate_samples
+    from domainfm.data.sampling import SeededDataset, StreamSampler
+
+    data = SeededDataset(NpzImages(NPZ), _views(method))
+    return iter(
+        DataLoader(
+            data,
+            batch_size=batch,
+            sampler=StreamSampler(len(data), batch, seed=seed),
+            collate_fn=collate_samples,
+            generator=torch.Generator(),
+            drop_last=True,
+        )
+    )
+
+
+def _backbone(seed: int = 0):
+    from domainfm.backbones.vit import create_vit
+    from domainfm.engine.runtime import seed_everything
+
+    seed_everything(seed)
+    return create_vit("vit_tiny_patch16_224", img_size=SIZE, patch_size=PATCH, in_chans=1)
+
+
+def run_lightly_mae(steps: int, batch: int, lr: float, wd: float) -> tuple:
+    from domainfm.engine.schedules import CosineSchedule
+    from lightly.models import utils
+    from lightly.models.modules import MaskedVisionTransformerTIMM
+    from lightly.models.modules.masked_autoencoder_timm import MAEDecoderTIMM
+
+    vit = _backbone()
+    backbone = MaskedVisionTransformerTIMM(vit=vit)
+    decoder = MAEDecoderTIMM(
+        num_patches=vit.patch_embed.num_patches,
+        patch_size=PATCH,
+        in_chans=1,
+        embed_dim=vit.embed_dim,
+        decoder_embed_dim=128,
+        decoder_depth=2,
+        decoder_num_heads=4,
+    )
+    modules = torch.nn.ModuleList([backbone, decoder])
+    opt = torch.optim.AdamW(modules.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=wd)
+    sched = CosineSchedule(lr, 1e-6, warmup_steps=0.1)
+    seq = backbone.sequence_length
+    it = _loader("mae", batch)
+    t = time.perf_counter()
+    for step in range(steps):
+        images = next(it)["image"]
+        for g in opt.param_groups:
+            g["lr"] = sched(step, steps)
+        idx_keep, idx_mask = utils.random_token_mask(size=(images.shape[0], seq), mask_ratio=0.75)
+        x = decoder.embed(backbone.encode(images=images, idx_keep=idx_keep))
+        full = utils.repeat_token(decoder.mask_token, (images.shape[0], seq))
+        full = utils.set_at_index(full, idx_keep, x.type_as(full))
+        pred = decoder.predict(utils.get_at_index(decoder.decode(full), idx_mask))
+        target = utils.get_at_index(utils.patchify(images, PATCH), idx_mask - 1)
+        loss = torch.nn.functional.mse_loss(pred, target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(modules.parameters(), 3.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return vit, steps / (time.perf_counter() - t), float(loss)
+
+
+def run_lightly_dinov2(steps: int, batch: int, lr: float) -> tuple:
+    from domainfm.engine.schedules import CosineSchedule
+    from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
+    from lightly.models.modules import DINOv2ProjectionHead, MaskedVisionTransformerTIMM
+    from lightly.models.utils import random_block_mask, update_momentum
+    from lightly.utils.scheduler import cosine_schedule, linear_warmup_schedule
+
+    vit = _backbone()
+    student = MaskedVisionTransformerTIMM(vit=vit, antialias=False, pos_embed_initialization="skip")
+    head = DINOv2ProjectionHead(input_dim=192, hidden_dim=1024, bottleneck_dim=256, output_dim=4096)
+    teacher, t_head = copy.deepcopy(student), copy.deepcopy(head)
+    for p in list(teacher.parameters()) + list(t_head.parameters()):
+        p.requires_grad = False
+    dino, ibot, koleo = DINOLoss(output_dim=4096), IBOTPatchLoss(output_dim=4096), KoLeoLoss()
+    params = list(student.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.04)
+    sched = CosineSchedule(lr, 1e-6, warmup_steps=0.1)
+    it = _loader("dinov2", batch)
+    grid = SIZE // PATCH
+    t = time.perf_counter()
+    for step in range(steps):
+        b = next(it)
+        g = torch.cat(b["global_crops"])
+        loc = torch.cat(b["local_crops"])
+        B = g.shape[0]
+        block = random_block_mask(size=(B, grid, grid))
+        mask = g.new_zeros((B, student.sequence_length), dtype=torch.bool)
+        mask[:, 1:] = block.flatten(1)
+        temp = linear_warmup_schedule(step=step, warmup_steps=int(0.3 * steps), start_value=0.04, end_value=0.07)
+        with torch.no_grad():
+            t_feat = teacher.encode(g)
+            t_cls, t_masked = t_head(t_feat[:, 0]), t_head(t_feat[mask])
+        s_feat = student.encode(g, mask=mask)
+        s_cls = head(torch.cat([s_feat[:, 0], student.encode(loc)[:, 0]]))
+        loss = dino(teacher_out=t_cls.chunk(2), student_out=s_cls.chunk(2 + len(b["local_crops"])), teacher_temp=temp)
+        loss = loss + ibot(teacher_out=t_masked, student_out=head(s_feat[mask]), mask=block, teacher_temp=temp)
+        loss = loss + 0.1 * sum(koleo(c) for c in s_feat[:, 0].chunk(2))
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = sched(step, steps)
+            group["weight_decay"] = cosine_schedule(step=step, max_steps=steps, start_value=0.04, end_value=0.4)
+        torch.nn.utils.clip_grad_norm_(params, 3.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        m = cosine_schedule(step=step, max_steps=steps, start_value=0.992, end_value=1.0)
+        update_momentum(student, teacher, m=m)
+        update_momentum(head, t_head, m=m)
+    return teacher.vit, steps / (time.perf_counter() - t), float(loss)
+
+
+# ---------------------------------------------------------------- evaluation
+def _split(name: str):
+    with np.load(NPZ) as z:
+        return z[f"{name}_images"], z[f"{name}_labels"].reshape(-1).astype(np.int64)
+
+
+@torch.no_grad()
+def embed(vit, images: np.ndarray, pooling: str) -> np.ndarray:
+    from domainfm.data.transforms import ResizeView
+    from domainfm.evaluation.features import pool_tokens
+
+    view = ResizeView(SIZE, MEAN, STD)
+    vit.eval()
+    out = []
+    for i in range(0, len(images), 256):
+        x = torch.stack([view(torch.from_numpy(a).float()[None] / 255.0) for a in images[i : i + 256]])
+        tokens = vit.forward_features(x)
+        out.append(pool_tokens(tokens, vit.num_prefix_tokens, pooling).numpy())
+    return np.concatenate(out)
+
+
+def evaluate(features: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict:
+    from domainfm.evaluation.knn import knn_predict
+    from domainfm.evaluation.linear import logistic_probe
+    from domainfm.evaluation.metrics import evaluate_predictions
+
+    knn = knn_predict(features["train"], labels["train"], features["test"], 2, k=20)
+    model, _ = logistic_probe((features["train"], labels["train"]), (features["val"], labels["val"]), 2)
+    out = {}
+    for name, probs in (("knn", knn), ("linear", model.predict_proba(features["test"]))):
+        r = evaluate_predictions(labels["test"], probs, n_boot=1000)
+        out[name] = {m: (r["metrics"][m], r["ci"][m]) for m in ("balanced_accuracy", "auroc")}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mae-steps", type=int, default=300)
+    ap.add_argument("--dinov2-steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--skip-lightly", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    work = REPO / ".bench" / "ssl_quality"
+    splits = {s: _split(s) for s in ("train", "val", "test")}
+    labels = {s: y for s, (_, y) in splits.items()}
+    rows, speed = {}, {}
+
+    def add(name, vit, pooling):
+        rows[name] = evaluate({s: embed(vit, x, pooling) for s, (x, _) in splits.items()}, labels)
+
+    rows["raw pixels (28x28)"] = evaluate({s: x.reshape(len(x), -1) / 255.0 for s, (x, _) in splits.items()}, labels)
+    add("random init ViT-Ti/16 (mean-pool)", _backbone(), "mean")
+    add("random init ViT-Ti/16 (cls)", _backbone(), "cls")
+    for method, steps, pooling in (("mae", args.mae_steps, "mean"), ("dinov2", args.dinov2_steps, "cls")):
+        summary = run_domainfm(method, steps, args.batch, work / method)
+        from domainfm.backbones.loading import load_backbone
+
+        add(f"domainfm {method}, {steps} steps ({pooling})", load_backbone(work / method), pooling)
+        speed[f"domainfm {method}"] = summary["steps_per_s"]
+        if not args.skip_lightly:
+            if method == "mae":
+                vit, rate, _ = run_lightly_mae(steps, args.batch, lr=1.5e-3, wd=0.05)
+            else:
+                vit, rate, _ = run_lightly_dinov2(steps, args.batch, lr=5e-4)
+            add(f"lightly {method}, {steps} steps ({pooling})", vit, pooling)
+            speed[f"lightly {method}"] = rate
+    (work / "results.json").parent.mkdir(parents=True, exist_ok=True)
+    (work / "results.json").write_text(json.dumps({"rows": rows, "steps_per_s": speed}, indent=2, default=str))
+
+    def cell(v):
+        value, ci = v
+        return "-" if value is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    print(f"threads={torch.get_num_threads()} batch={args.batch}")
+    print("| backbone | kNN bal. acc | kNN AUROC | linear bal. acc | linear AUROC |\n|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(
+            f"| {name} | {cell(r['knn']['balanced_accuracy'])} | {cell(r['knn']['auroc'])} | "
+            f"{cell(r['linear']['balanced_accuracy'])} | {cell(r['linear']['auroc'])} |"
+        )
+    print("\n| run | steps/s | vs lightly |\n|---|---|---|")
+    for name, rate in speed.items():
+        other = speed.get(name.replace("domainfm", "lightly"))
+        ratio = f"{rate / other:.2f}x" if name.startswith("domainfm") and other else ""
+        print(f"| {name} | {rate:.2f} | {ratio} |")
+    if not math.isfinite(sum(speed.values())):
+        raise SystemExit("non-finite speed")
+
+
+if __name__ == "__main__":
+    main()
