@@ -15,12 +15,16 @@ def create_vit(
     drop_path_rate: float = 0.0,
     grad_checkpointing: bool = False,
     dynamic_img_size: bool = True,
+    weights: str | None = None,
     **kwargs,
 ) -> VisionTransformer:
     """Create a headless timm ViT (``num_classes=0``).
 
     ``dynamic_img_size`` lets one model take global (e.g. 224 px) and local (e.g. 96 px) crops; the
-    position embedding is resampled on the fly for other grids.
+    position embedding is resampled on the fly for other grids. ``weights`` starts from published or earlier
+    weights (anything :func:`~domainfm.backbones.loading.load_backbone` reads: ``hf-hub:MahmoodLab/UNI``, a timm
+    name, an export or run folder, a checkpoint file); channels and positions are adapted to ``in_chans`` and
+    ``img_size``.
     """
     args = dict(img_size=img_size, in_chans=in_chans, num_classes=0, dynamic_img_size=dynamic_img_size)
     if patch_size is not None:
@@ -29,7 +33,21 @@ def create_vit(
         args["reg_tokens"] = reg_tokens
     if drop_path_rate:
         args["drop_path_rate"] = drop_path_rate
-    model = timm.create_model(name, pretrained=False, **args, **kwargs)
+    if weights:
+        from domainfm.backbones.loading import load_backbone
+
+        extra = {k: v for k, v in args.items() if k not in ("img_size", "in_chans", "num_classes", "dynamic_img_size")}
+        model = load_backbone(
+            weights,
+            in_chans=in_chans,
+            img_size=img_size,
+            arch=name,
+            dynamic_img_size=dynamic_img_size,
+            **extra,
+            **kwargs,
+        )
+    else:
+        model = timm.create_model(name, pretrained=False, **args, **kwargs)
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"{name} is not a timm VisionTransformer; domainfm's 2D backbones need one")
     if grad_checkpointing:

@@ -33,7 +33,7 @@ def mae_reconstruction_figure(method, images: torch.Tensor, masks: torch.Tensor,
 
     def show(x):
         x = (x.cpu() * std_t + mean_t).clamp(0, 1)
-        return x[0] if C == 1 else x[:3].permute(1, 2, 0)
+        return (x[0] if C == 1 else x[:3].permute(1, 2, 0)).numpy()
 
     n = images.shape[0]
     fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), dpi=100, squeeze=False)
