@@ -11,6 +11,7 @@ from domainfm.engine import distributed as dist_utils
 from domainfm.engine.export import export_backbone
 from domainfm.engine.runtime import seed_everything
 from domainfm.engine.trainer import Trainer, TrainerConfig
+from domainfm.errors import ConfigError
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,7 +45,14 @@ def run(cfg: DictConfig) -> dict:
     transform = instantiate(cfg.data.transform) if cfg.data.get("transform") else None
     seed_everything(tcfg.seed)
     method = instantiate(cfg.method)
-    trainer = Trainer(method, dataset, run_dir, tcfg, transform=transform)
+    weights = None
+    if cfg.data.get("balanced"):
+        if not hasattr(dataset, "sample_weights"):
+            raise ConfigError(
+                f"data.balanced=true needs a dataset with sample_weights(); {type(dataset).__name__} has none"
+            )
+        weights = dataset.sample_weights()
+    trainer = Trainer(method, dataset, run_dir, tcfg, transform=transform, sample_weights=weights, desc="pretrain")
     summary = trainer.fit()
     full = trainer.full_method()  # a collective under FSDP: every rank takes part
     if dist_utils.is_main():
