@@ -22,7 +22,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SLIDE_EXTENSIONS = tuple(dict.fromkeys(WSI_EXTENSIONS + IMAGE_EXTENSIONS))
 LEVEL_TOLERANCE = 0.01  # a pyramid level within 1% of the wanted downsample is used as is (TRIDENT: 0.01)
 MAX_IMAGE_PIXELS = 1 << 28  # plain images are held in memory (768 MB RGB at most); larger ones must be tiled
-_BLOCK = 4096  # largest side of one read while streaming a thumbnail
+_BLOCK = 2048  # largest side of one read while streaming a thumbnail (16 MiB of RGBA)
 
 Size = int | Sequence[int]
 
@@ -43,13 +43,13 @@ class _OpenSlideReader:
         self.objective_power = props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
         self.found_mpp, self.found_source = mpp_from_properties(props)
 
-    def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+    def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         region = self.handle.read_region(location, level, size)
-        if region.getchannel("A").getextrema()[0] < 255:  # outside the scanned area: composite on white
+        if np.asarray(region)[..., 3].min() < 255:  # outside the scanned area: composite on white
             canvas = Image.new("RGBA", region.size, (255, 255, 255, 255))
             canvas.alpha_composite(region)
             region = canvas
-        return region.convert("RGB")
+        return np.asarray(region.convert("RGB"))  # Pillow's packed copy: much faster than slicing the RGBA array
 
     def close(self) -> None:
         self.handle.close()
@@ -97,14 +97,14 @@ class _ImageReader:
         if plausible(mpp):
             self.found_mpp, self.found_source = round(mpp, 4), source
 
-    def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+    def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         (x, y), (w, h) = location, size
         height, width = self.array.shape[:2]
         out = np.full((h, w, 3), 255, dtype=np.uint8)
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
         if x1 > x0 and y1 > y0:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = self.array[y0:y1, x0:x1]
-        return Image.fromarray(out)
+        return out
 
     def close(self) -> None:
         self.array = np.zeros((0, 0, 3), dtype=np.uint8)
@@ -202,24 +202,24 @@ class Slide:
     # ------------------------------------------------------------------ reading
     def read_region(self, location: tuple[int, int], level: int, size: Size) -> np.ndarray:
         """``size`` pixels of ``level`` whose top-left is ``location`` in level-0 pixels, as ``H x W x 3`` uint8."""
-        return np.asarray(self._read(location, level, _pair(size)))
+        return self._read(location, level, _pair(size))
 
-    def _read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+    def _read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         try:
             return self._reader.read((int(location[0]), int(location[1])), level, size)
         except Exception as err:  # noqa: BLE001 - a corrupt tile surfaces as OpenSlideError/OSError/ValueError
             raise DataError(f"{self.path}: unreadable region at {tuple(location)} ({_one_line(err)})") from err
 
     def read_tile(self, x0: int, y0: int, size0: Size, out_size: Size) -> np.ndarray:
-        """The level-0 box ``(x0, y0, size0)`` resampled to ``out_size`` pixels, read from the best pyramid level."""
+        """The level-0 box ``(x0, y0, size0)`` resampled to ``out_size`` pixels, read from the best pyramid level.
+
+        ``H x W x 3`` uint8, possibly read-only (``np.array`` it to write)."""
         (w0, h0), (w, h) = _pair(size0), _pair(out_size)
         level = self.best_level(min(w0 / w, h0 / h))
         ds = self.level_downsamples[level]
         lw, lh = max(1, round(w0 / ds)), max(1, round(h0 / ds))
         region = self._read((x0, y0), level, (lw, lh))
-        if (lw, lh) != (w, h):
-            region = region.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return np.asarray(region)
+        return region if (lw, lh) == (w, h) else _resize(region, (w, h))
 
     def read_region_at_mpp(self, x0: int, y0: int, size_px: Size, target_mpp: float) -> np.ndarray:
         """``size_px`` pixels at ``target_mpp`` um/px whose top-left is ``(x0, y0)`` in level-0 pixels."""
@@ -251,9 +251,7 @@ class Slide:
                 lw = max(1, round((x1 - x0) / self.level_downsamples[level]))
                 lh = max(1, round((y1 - y0) / self.level_downsamples[level]))
                 region = self._read((x0, y0), level, (lw, lh))
-                if (lw, lh) != (bw, bh):
-                    region = region.resize((bw, bh), Image.Resampling.BILINEAR, reducing_gap=3.0)
-                canvas[oy : oy + bh, ox : ox + bw] = np.asarray(region)
+                canvas[oy : oy + bh, ox : ox + bw] = region if (lw, lh) == (bw, bh) else _resize(region, (bw, bh))
         return canvas
 
     def close(self) -> None:
@@ -282,6 +280,12 @@ def slide_name(path: str | Path) -> str:
     if path.suffix.lower() == ".dcm":
         return path.parent.name
     return path.stem
+
+
+def _resize(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pillow's bilinear resampling (antialiased when shrinking) to ``size = (width, height)``."""
+    image = Image.fromarray(region)
+    return np.asarray(image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
 
 
 def _one_line(err: BaseException) -> str:
