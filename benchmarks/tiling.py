@@ -1,0 +1,227 @@
+"""Tiling benchmark: the streaming tile dataset against a raw ``openslide.read_region`` loop over the same
+coordinates (tiles/s, ratio), and peak memory while tiling and streaming synthetic pyramidal slides of growing size
+(it must stay flat: the reads are block by block, never a whole level).
+
+    .venv/bin/python benchmarks/tiling.py [--rounds 3] [--passes 4] [--sizes 10000 40000] [--workdir /tmp]
+
+Synthetic slides: a real H&E region (../shared/data/pathology/TCGA-HE-7130_1000px.png) tiled inside an ellipse
+on glass, 0.5 um/px, levels 1/4/16/64, JPEG tiles, written tile by tile and deleted afterwards.
+Prints markdown tables; the figures are ratios within one run (absolute speeds depend on the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "pathology"
+CMU = SHARED / "CMU-1-Small-Region.svs"
+TEXTURE = SHARED / "TCGA-HE-7130_1000px.png"
+
+
+# ------------------------------------------------------------------------------------------- synthetic slides
+def synthetic_reader(width: int, height: int):
+    """A RegionFn: H&E texture inside an ellipse covering ~60% of the slide, glass outside; any level, any block."""
+    from PIL import Image
+
+    texture = np.asarray(Image.open(TEXTURE).convert("RGB"))
+    levels: dict[float, np.ndarray] = {}
+    cx, cy, ax, ay = width / 2, height / 2, width * 0.45, height * 0.42
+
+    def read(x0: int, y0: int, w: int, h: int, ds: float) -> np.ndarray:
+        if ds not in levels:
+            side = max(8, round(texture.shape[0] / ds))
+            levels[ds] = np.asarray(Image.fromarray(texture).resize((side, side), Image.Resampling.BOX))
+        tex = levels[ds]
+        lx, ly = round(x0 / ds), round(y0 / ds)
+        rows = (ly + np.arange(h)) % tex.shape[0]
+        cols = (lx + np.arange(w)) % tex.shape[1]
+        block = tex[rows[:, None], cols[None, :]]
+        ys = (y0 + np.arange(h)[:, None] * ds - cy) / ay
+        xs = (x0 + np.arange(w)[None, :] * ds - cx) / ax
+        return np.where((xs**2 + ys**2 <= 1)[..., None], block, np.uint8(242))
+
+    return read
+
+
+def write_synthetic(path: Path, side: int) -> float:
+    from domainfm.pathology.pyramid import write_pyramidal_tiff
+
+    t0 = time.perf_counter()
+    write_pyramidal_tiff(path, side, side, synthetic_reader(side, side), mpp=0.5, downsamples=(1, 4, 16, 64))
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------- child processes
+def peak_rss_mib() -> float:
+    """This process's peak RSS (``VmHWM``; ``ru_maxrss`` would carry the parent's peak across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(mode: str, slide: str, out: str, n: int) -> None:
+    """Runs in a fresh process; prints JSON with its peak RSS (MiB) and timings."""
+    t0 = time.perf_counter()
+    if mode == "import-tiling":
+        import domainfm.pathology.tiling  # noqa: F401 - what the tile mode loads
+
+        result = {}
+    elif mode == "import-dataset":
+        import domainfm.pathology.datasets  # noqa: F401 - what the stream mode loads (with torch)
+
+        result = {}
+    elif mode == "tile":
+        from domainfm.pathology.tiling import tile_slide
+
+        result = {"tiles": tile_slide(slide, out).tiles}
+    else:  # stream n tiles spread over the slide through the dataset
+        from domainfm.pathology.datasets import SlideTileDataset
+
+        ds = SlideTileDataset(out, [slide])
+        step = max(1, len(ds) // n)
+        for i in range(0, len(ds), step):
+            ds[i]
+        result = {"tiles": len(range(0, len(ds), step))}
+    result["seconds"] = time.perf_counter() - t0
+    result["peak_rss_mib"] = peak_rss_mib()
+    print(json.dumps(result))
+
+
+def run_child(mode: str, slide: Path | str = "", out: Path | str = "", n: int = 0) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, str(slide), str(out), str(n)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------- throughput
+def throughput(slide: Path, out: Path, rounds: int, passes: int) -> list[tuple[str, float, float]]:
+    import openslide
+    import torch
+    from domainfm.data.collate import collate_samples
+    from domainfm.pathology.datasets import SlideTileDataset
+    from domainfm.pathology.tiling import TilingParams, tile_slide
+    from torch.utils.data import DataLoader
+
+    tile_slide(slide, out, TilingParams(min_tissue=0.0))
+    ds = SlideTileDataset(out, [slide])
+    coords = [tuple(int(v) for v in c) for c in ds.slides[0].coords]
+    size0, size = ds.slides[0].size0, ds.slides[0].size
+    handle = openslide.OpenSlide(str(slide))
+    n = len(coords) * passes
+
+    def raw() -> float:
+        t0 = time.perf_counter()
+        for _ in range(passes):
+            for x, y in coords:
+                np.asarray(handle.read_region((x, y), 0, (size0, size0)).convert("RGB"))
+        return n / (time.perf_counter() - t0)
+
+    def dataset() -> float:
+        t0 = time.perf_counter()
+        for _ in range(passes):
+            for i in range(len(ds)):
+                ds[i]
+        return n / (time.perf_counter() - t0)
+
+    def loader(workers: int, collate=collate_samples):
+        def rate() -> float:
+            dl = DataLoader(ds, batch_size=32, num_workers=workers, collate_fn=collate, persistent_workers=True)
+            next(iter(dl))  # worker start-up is not tile reading
+            t0 = time.perf_counter()
+            for _ in range(passes):
+                for _batch in dl:
+                    pass
+            return n / (time.perf_counter() - t0)
+
+        return rate
+
+    assert size0 == size, "the CMU tiles are read at level 0 without resampling, like the raw loop"
+    torch.set_num_threads(1)
+    tests = {
+        "raw": raw,
+        "dataset": dataset,
+        "loader1": loader(1),
+        "loader2": loader(2),
+        "reads1": loader(1, count_only),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in tests}
+    for _ in range(rounds):
+        for key, fn in tests.items():
+            rates[key].append(fn())
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    return [
+        ("raw `read_region` + RGB loop, 1 process", med["raw"], 1.0),
+        ("SlideTileDataset, in process (float tensors)", med["dataset"], med["dataset"] / med["raw"]),
+        ("DataLoader, 1 worker, batch 32", med["loader1"], med["loader1"] / med["raw"]),
+        ("DataLoader, 2 workers, batch 32 (ratio per worker)", med["loader2"], med["loader2"] / 2 / med["raw"]),
+        ("DataLoader, 1 worker, images dropped in the worker (reads only)", med["reads1"], med["reads1"] / med["raw"]),
+    ]
+
+
+def count_only(samples: list) -> int:
+    """A collate that drops the images: the worker's reading cost without the batch's trip to the main process."""
+    return len(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=4)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 40000])
+    parser.add_argument("--stream", type=int, default=2000, help="tiles streamed from each synthetic slide")
+    parser.add_argument("--workdir", default=tempfile.gettempdir())
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        mode, slide, out, n = args.child
+        child(mode, slide, out, int(n))
+        return
+    work = Path(tempfile.mkdtemp(prefix="domainfm-tiling-bench-", dir=args.workdir))
+    try:
+        rows = throughput(CMU, work / "cmu", args.rounds, args.passes)
+        print(f"\nThroughput on {CMU.name}, 256 px tiles at 0.5 um/px ({args.rounds} rounds, median):\n")
+        print("| reader | tiles/s | ratio to raw |")
+        print("|---|---|---|")
+        for name, rate, ratio in rows:
+            print(f"| {name} | {rate:.0f} | {ratio:.2f} |")
+
+        base = {mode: run_child(f"import-{mode}")["peak_rss_mib"] for mode in ("tiling", "dataset")}
+        mem_rows = []
+        for side in args.sizes:
+            slide = work / f"synthetic_{side}.tif"
+            written = write_synthetic(slide, side)
+            tiled = run_child("tile", slide, work / f"out_{side}")
+            streamed = run_child("stream", slide, work / f"out_{side}", args.stream)
+            mem_rows.append((side, slide.stat().st_size / 2**20, written, tiled, streamed))
+            slide.unlink()
+        print(
+            f"\nPeak RSS of a fresh process per step (its imports alone: tiling {base['tiling']:.0f} MiB, "
+            f"dataset with torch {base['dataset']:.0f} MiB):\n"
+        )
+        print("| slide (px) | file | write s | tiles | tile_slide s | tile_slide peak RSS | streamed | peak RSS |")
+        print("|---|---|---|---|---|---|---|---|")
+        for side, mib, written, tiled, streamed in mem_rows:
+            print(
+                f"| {side:,} x {side:,} | {mib:.0f} MiB | {written:.1f} | {tiled['tiles']:,} | "
+                f"{tiled['seconds']:.1f} | {tiled['peak_rss_mib']:.0f} MiB | {streamed['tiles']:,} tiles | "
+                f"{streamed['peak_rss_mib']:.0f} MiB |"
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
