@@ -201,13 +201,13 @@ def _check_unique(jobs: Iterable[SlideJob]) -> None:
 
 # ---------------------------------------------------------------------------------------------- one slide
 def slide_params(job: SlideJob, tiling: TilingParams, tissue: TissueParams) -> dict:
-    """Everything that determines a slide's outputs; stored in its ``.h5`` and compared on reruns."""
+    """What determines a slide's outputs, stored in its ``.h5`` and compared on reruns; the MPP is compared
+    separately (:func:`changed_mpp`): a fallback MPP matters only to slides that used it."""
     geojson = hashlib.sha1(job.geojson.read_bytes()).hexdigest() if job.geojson else None
     return {
         "tiling": tiling.to_dict(),
         "tissue": tissue.to_dict(),
         "tissue_geojson_sha1": geojson,
-        "mpp_fallback": job.mpp,
         "slide_bytes": job.path.stat().st_size if job.path.exists() else None,
     }
 
@@ -417,13 +417,14 @@ def _skip_done(
         if not h5.exists():
             todo.append(job)
             continue
-        old, new = read_params(h5), slide_params(job, tiling, tissue)
-        if old == new:
+        old = read_params(h5)
+        changed = None if old is None else changed_keys(old, slide_params(job, tiling, tissue)) + changed_mpp(job, h5)
+        if changed == []:
             summary.slides.append(SlideResult(job.name, str(job.path), "done", len(read_coords(h5)[0])))
-        elif overwrite or old is None:
+        elif overwrite or changed is None:
             todo.append(job)
         else:
-            stale.append((job, changed_keys(old, new)))
+            stale.append((job, changed))
     if stale:
         job, keys = stale[0]
         raise DataError(
@@ -431,6 +432,15 @@ def _skip_done(
             f"(e.g. {job.name}: {', '.join(keys[:6])} changed); use a new out= or overwrite=true"
         )
     return todo
+
+
+def changed_mpp(job: SlideJob, h5: Path) -> list[str]:
+    """``["mpp"]`` when the slide was tiled with a fallback MPP (``data.mpp`` / the list's column) other than the
+    one given now; an MPP read from the slide's metadata does not depend on the fallback."""
+    _, attrs = read_coords(h5)
+    if attrs.get("mpp_source") == "override" and job.mpp != attrs.get("level0_mpp"):
+        return ["mpp"]
+    return []
 
 
 def _workers(workers: int | str, n_jobs: int) -> int:

@@ -122,6 +122,9 @@ def test_resume_skips_done_and_detects_other_parameters(synthetic_dir, tmp_path)
     assert {r.name: r.status for r in again.slides if r.status != "failed"} == {"nompp": "done", "pyramid": "done"}
     assert again.tiles == 36 + len(read_coords(tmp_path / "patches" / "nompp.h5")[0])
     assert h5.stat().st_mtime_ns == before
+    # another fallback MPP matters to the slide that used it, not to the one with MPP metadata
+    with pytest.raises(DataError, match=r"1 slide\(s\) made with other parameters \(e.g. nompp: mpp changed\)"):
+        tile_slides(synthetic_dir, tmp_path, mpp=0.25, progress=False)
     with pytest.raises(DataError) as err:
         tile_slides(synthetic_dir, tmp_path, TilingParams(tile_px=128), mpp=0.5, progress=False)
     assert "tiling.tile_px" in str(err.value) and "overwrite=true" in str(err.value)
