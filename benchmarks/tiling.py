@@ -2,10 +2,11 @@
 coordinates (tiles/s, ratio), and peak memory while tiling and streaming synthetic pyramidal slides of growing size
 (it must stay flat: the reads are block by block, never a whole level).
 
-    .venv/bin/python benchmarks/tiling.py [--rounds 3] [--passes 4] [--sizes 10000 40000] [--workdir /tmp]
+    .venv/bin/python benchmarks/tiling.py [--rounds 3] [--passes 4] [--slides 10000@0.5 40000@0.5 20000@2]
 
-Synthetic slides: a real H&E region (../shared/data/pathology/TCGA-HE-7130_1000px.png) tiled inside an ellipse
-on glass, 0.5 um/px, levels 1/4/16/64, JPEG tiles, written tile by tile and deleted afterwards.
+Synthetic slides (``side@mpp``): a real H&E region (../shared/data/pathology/TCGA-HE-7130_1000px.png) tiled
+inside an ellipse on glass, levels 1/4/16/64, JPEG tiles, written tile by tile and deleted afterwards. The last
+default one spans 40 mm, beyond the 33 mm where the tissue thumbnail reaches ``tissue.max_side``.
 Prints markdown tables; the figures are ratios within one run (absolute speeds depend on the machine).
 """
 
@@ -55,11 +56,11 @@ def synthetic_reader(width: int, height: int):
     return read
 
 
-def write_synthetic(path: Path, side: int) -> float:
+def write_synthetic(path: Path, side: int, mpp: float = 0.5) -> float:
     from domainfm.pathology.pyramid import write_pyramidal_tiff
 
     t0 = time.perf_counter()
-    write_pyramidal_tiff(path, side, side, synthetic_reader(side, side), mpp=0.5, downsamples=(1, 4, 16, 64))
+    write_pyramidal_tiff(path, side, side, synthetic_reader(side, side), mpp=mpp, downsamples=(1, 4, 16, 64))
     return time.perf_counter() - t0
 
 
@@ -180,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--passes", type=int, default=4)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 40000])
+    parser.add_argument("--slides", nargs="+", default=["10000@0.5", "40000@0.5", "20000@2"], help="side@mpp")
     parser.add_argument("--stream", type=int, default=2000, help="tiles streamed from each synthetic slide")
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -200,22 +201,25 @@ def main() -> None:
 
         base = {mode: run_child(f"import-{mode}")["peak_rss_mib"] for mode in ("tiling", "dataset")}
         mem_rows = []
-        for side in args.sizes:
-            slide = work / f"synthetic_{side}.tif"
-            written = write_synthetic(slide, side)
-            tiled = run_child("tile", slide, work / f"out_{side}")
-            streamed = run_child("stream", slide, work / f"out_{side}", args.stream)
-            mem_rows.append((side, slide.stat().st_size / 2**20, written, tiled, streamed))
+        for spec in args.slides:
+            side, mpp = int(spec.split("@")[0]), float(spec.split("@")[1])
+            slide = work / f"synthetic_{side}_{mpp}.tif"
+            written = write_synthetic(slide, side, mpp)
+            tiled = run_child("tile", slide, work / f"out_{spec}")
+            streamed = run_child("stream", slide, work / f"out_{spec}", args.stream)
             slide.unlink()
+            mem_rows.append(
+                (f"{side:,} x {side:,} at {mpp} um/px ({side * mpp / 1000:.0f} mm)", written, tiled, streamed)
+            )
         print(
             f"\nPeak RSS of a fresh process per step (its imports alone: tiling {base['tiling']:.0f} MiB, "
             f"dataset with torch {base['dataset']:.0f} MiB):\n"
         )
-        print("| slide (px) | file | write s | tiles | tile_slide s | tile_slide peak RSS | streamed | peak RSS |")
-        print("|---|---|---|---|---|---|---|---|")
-        for side, mib, written, tiled, streamed in mem_rows:
+        print("| slide | write s | tiles | tile_slide s | tile_slide peak RSS | streamed | peak RSS |")
+        print("|---|---|---|---|---|---|---|")
+        for name, written, tiled, streamed in mem_rows:
             print(
-                f"| {side:,} x {side:,} | {mib:.0f} MiB | {written:.1f} | {tiled['tiles']:,} | "
+                f"| {name} | {written:.1f} | {tiled['tiles']:,} | "
                 f"{tiled['seconds']:.1f} | {tiled['peak_rss_mib']:.0f} MiB | {streamed['tiles']:,} tiles | "
                 f"{streamed['peak_rss_mib']:.0f} MiB |"
             )

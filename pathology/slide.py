@@ -22,7 +22,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SLIDE_EXTENSIONS = tuple(dict.fromkeys(WSI_EXTENSIONS + IMAGE_EXTENSIONS))
 LEVEL_TOLERANCE = 0.01  # a pyramid level within 1% of the wanted downsample is used as is (TRIDENT: 0.01)
 MAX_IMAGE_PIXELS = 1 << 28  # plain images are held in memory (768 MB RGB at most); larger ones must be tiled
-_BLOCK = 2048  # largest side of one read while streaming a thumbnail (16 MiB of RGBA)
+_BLOCK = 1024  # largest side of one read while streaming a thumbnail (4 MiB of RGBA)
 
 Size = int | Sequence[int]
 

@@ -246,7 +246,7 @@ def tile_slide(
         scale = slide.level0_scale(tiling.target_mpp)
         size0 = max(1, round(tiling.size_px * scale))
         step0 = max(1, size0 - round(tiling.overlap * scale))
-        thumb, seg = _thumbnails(slide, tissue.seg_mpp)
+        thumb, seg = _thumbnails(slide, tissue.seg_mpp, tissue.max_side)
         seg_scale = (width / seg.shape[1], height / seg.shape[0])
         if job.geojson is not None:
             polygons = read_geojson(job.geojson)
@@ -282,10 +282,12 @@ def tile_slide(
     return SlideResult(job.name, str(job.path), "tiled", int(len(coords)), seconds=time.perf_counter() - t0)
 
 
-def _thumbnails(slide: Slide, seg_mpp: float) -> tuple[np.ndarray, np.ndarray]:
+def _thumbnails(slide: Slide, seg_mpp: float, max_side: int) -> tuple[np.ndarray, np.ndarray]:
     """One read from the pyramid: the overlay thumbnail (longest side about :data:`MAX_SIDE`, never finer than
-    level 0) and the segmentation thumbnail at ``seg_mpp`` (resized from it when finer)."""
+    level 0) and the segmentation thumbnail at ``seg_mpp`` (coarser when its longest side would pass ``max_side``;
+    resized from the overlay thumbnail when that is finer)."""
     long_um = max(slide.dimensions) * slide.mpp
+    seg_mpp = max(seg_mpp, long_um / max_side)
     read_mpp = min(seg_mpp, max(slide.mpp, long_um / MAX_SIDE))
     thumb = slide.thumbnail(read_mpp)
     if math.isclose(read_mpp, seg_mpp):

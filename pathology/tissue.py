@@ -4,6 +4,8 @@ morphological closing -> area and hole filtering; and the tissue fraction of eac
 Defaults and their sources (CLAM ``create_patches_fp.py`` / ``WholeSlideImage.segmentTissue``; TRIDENT):
 
 - ``seg_mpp=8.0``: TRIDENT segments at 1.25x (8 um/px); CLAM uses the level nearest a 64x downsample.
+  ``max_side=4096``: a slide longer than ``max_side * seg_mpp`` (33 mm at 8 um/px) is segmented at a coarser MPP, so
+  that memory stays bounded (about 0.3 GiB at most) whatever the slide size.
 - ``mthresh=7``: median blur kernel (CLAM default), in thumbnail pixels (made odd).
 - ``sthresh=8``: saturation threshold (CLAM default, ``use_otsu=False`` there). Here Otsu is on by default as in
   CLAM's ``use_otsu=True`` mode, and ``sthresh`` is a floor under the Otsu threshold so that a slide that is nearly
@@ -22,13 +24,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.measure import find_contours, label, regionprops
+from skimage.measure import find_contours, regionprops
 from skimage.morphology import closing
 
 
 @dataclass(frozen=True)
 class TissueParams:
     seg_mpp: float = 8.0
+    max_side: int = 4096
     sthresh: int = 8
     use_otsu: bool = True
     mthresh: int = 7
@@ -41,18 +44,23 @@ class TissueParams:
         return asdict(self)
 
 
-def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation in 0..255 as OpenCV computes it: ``255 * (max - min) / max`` (0 where ``max == 0``)."""
-    rgb = rgb.astype(np.int32)
+def saturation(rgb: np.ndarray, rows: int = 512) -> np.ndarray:
+    """HSV saturation in 0..255 as OpenCV computes it: ``255 * (max - min) / max`` (0 where ``max == 0``).
+    Computed ``rows`` at a time so that the wide integer temporaries stay small on large thumbnails."""
     hi, lo = rgb.max(axis=-1), rgb.min(axis=-1)
-    return np.where(hi > 0, (255 * (hi - lo) + hi // 2) // np.maximum(hi, 1), 0).astype(np.uint8)
+    out = np.empty(hi.shape, dtype=np.uint8)
+    for r in range(0, hi.shape[0], rows):
+        h = hi[r : r + rows].astype(np.uint32)
+        out[r : r + rows] = (255 * (h - lo[r : r + rows]) + h // 2) // np.maximum(h, 1)
+    return out
 
 
 def threshold(sat: np.ndarray, params: TissueParams) -> float:
     """The saturation above which a pixel is tissue: Otsu (floored at ``sthresh``) or ``sthresh``."""
     if not params.use_otsu or sat.min() == sat.max():
         return float(params.sthresh)
-    return max(float(threshold_otsu(sat)), float(params.sthresh))
+    counts, _ = np.histogram(sat, bins=256, range=(0, 256))  # blockwise: no full-size integer copy
+    return max(float(threshold_otsu(hist=(counts, np.arange(256)))), float(params.sthresh))
 
 
 def detect_tissue(thumb: np.ndarray, mpp: float, params: TissueParams | None = None) -> np.ndarray:
@@ -66,7 +74,8 @@ def detect_tissue(thumb: np.ndarray, mpp: float, params: TissueParams | None = N
     mask = sat > threshold(sat, params)
     if params.mthresh > 1:
         k = params.mthresh | 1  # odd, as cv2.medianBlur requires
-        mask = ndi.uniform_filter(mask.astype(np.float32), size=k, mode="nearest") > 0.5
+        votes = mask.astype(np.float32)
+        mask = ndi.uniform_filter(votes, size=k, output=votes, mode="nearest") > 0.5
     if params.close > 0:
         pad = params.close
         mask = closing(np.pad(mask, pad), np.ones((pad, pad), bool))[pad:-pad, pad:-pad]
@@ -78,16 +87,15 @@ def filter_regions(mask: np.ndarray, mpp: float, params: TissueParams) -> np.nda
     holes of at least ``min_hole_mm2`` and fill the others."""
     px_mm2 = (mpp / 1000.0) ** 2
     out = np.zeros_like(mask, dtype=bool)
-    for piece in regionprops(label(mask, connectivity=2)):
+    for piece in regionprops(_label(mask)):
         if piece.area * px_mm2 < params.min_area_mm2:
             continue
         filled = piece.image_filled.copy()
-        holes = label(filled & ~piece.image, connectivity=1)
-        sizes = np.bincount(holes.ravel())[1:]
-        largest = np.argsort(sizes)[::-1][: params.max_n_holes]
-        keep = [i + 1 for i in largest if sizes[i] * px_mm2 >= params.min_hole_mm2]
-        if keep:
-            filled &= ~np.isin(holes, keep)
+        holes = regionprops(_label(filled & ~piece.image, connectivity=1))
+        for hole in sorted(holes, key=lambda h: h.area, reverse=True)[: params.max_n_holes]:
+            if hole.area * px_mm2 >= params.min_hole_mm2:
+                h0, w0, h1, w1 = hole.bbox
+                filled[h0:h1, w0:w1] &= ~hole.image
         r0, c0, r1, c1 = piece.bbox
         out[r0:r1, c0:c1] |= filled
     return out
@@ -99,7 +107,7 @@ def mask_to_polygons(mask: np.ndarray, scale: tuple[float, float]) -> list:
 
     sx, sy = scale
     polygons = []
-    for piece in regionprops(label(mask, connectivity=2)):
+    for piece in regionprops(_label(mask)):
         r0, c0 = piece.bbox[:2]
 
         def ring(image: np.ndarray, r0: int = r0, c0: int = c0) -> np.ndarray | None:
@@ -112,13 +120,20 @@ def mask_to_polygons(mask: np.ndarray, scale: tuple[float, float]) -> list:
         shell = ring(piece.image_filled)
         if shell is None or len(shell) < 4:
             continue
-        hole_labels = label(piece.image_filled & ~piece.image, connectivity=1)
+        hole_labels = _label(piece.image_filled & ~piece.image, connectivity=1)
         holes = [ring(hole_labels[sl] == i + 1, r0 + sl[0].start, c0 + sl[1].start) for i, sl in _objects(hole_labels)]
         polygon = Polygon(shell, [h for h in holes if h is not None and len(h) >= 4]).buffer(0)
         polygon = polygon.simplify(0.5 * max(sx, sy), preserve_topology=True)
         if not polygon.is_empty:
             polygons.extend(getattr(polygon, "geoms", [polygon]))
     return polygons
+
+
+def _label(mask: np.ndarray, connectivity: int = 2) -> np.ndarray:
+    """Connected components (``connectivity`` 2: 8-connected, 1: 4-connected) as int32; skimage's ``label`` gives
+    int64, twice the memory."""
+    structure = ndi.generate_binary_structure(2, connectivity)
+    return ndi.label(mask, structure=structure, output=np.int32)[0]
 
 
 def _objects(labels: np.ndarray) -> list[tuple[int, tuple[slice, slice]]]:
@@ -151,8 +166,9 @@ def tile_tissue_fraction(mask: np.ndarray, coords: np.ndarray, size0: int, scale
     if len(coords) == 0:
         return np.zeros(0)
     sx, sy = scale
-    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)  # max_side**2 fits in int32
+    np.cumsum(mask, axis=0, dtype=np.int32, out=integral[1:, 1:])
+    np.cumsum(integral[1:, 1:], axis=1, out=integral[1:, 1:])
     x0 = np.clip(np.round(coords[:, 0] / sx).astype(np.int64), 0, mask.shape[1])
     y0 = np.clip(np.round(coords[:, 1] / sy).astype(np.int64), 0, mask.shape[0])
     x1 = np.clip(np.maximum(np.round((coords[:, 0] + size0) / sx).astype(np.int64), x0 + 1), 0, mask.shape[1])

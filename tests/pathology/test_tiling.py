@@ -168,3 +168,14 @@ def test_atomic_output_leaves_nothing_on_error(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_segmentation_thumbnail_is_capped(pyramid):
+    from domainfm.pathology.slide import open_slide
+    from domainfm.pathology.tiling import _thumbnails
+
+    with open_slide(pyramid) as s:
+        thumb, seg = _thumbnails(s, 8.0, max_side=4096)
+        assert seg.shape == (128, 192, 3) and thumb.shape == (683, 1024, 3)  # 8 um/px; overlay 1.5 um/px
+        _, capped = _thumbnails(s, 8.0, max_side=96)  # 1536 um / 96 px = 16 um/px: memory bounded on huge slides
+        assert capped.shape == (64, 96, 3)
