@@ -118,6 +118,7 @@ def throughput(slide: Path, out: Path, rounds: int, passes: int) -> list[tuple[s
 
     tile_slide(slide, out, TilingParams(min_tissue=0.0))
     ds = SlideTileDataset(out, [slide])
+    ds_u8 = SlideTileDataset(out, [slide], uint8=True)
     coords = [tuple(int(v) for v in c) for c in ds.slides[0].coords]
     size0, size = ds.slides[0].size0, ds.slides[0].size
     handle = openslide.OpenSlide(str(slide))
@@ -137,9 +138,9 @@ def throughput(slide: Path, out: Path, rounds: int, passes: int) -> list[tuple[s
                 ds[i]
         return n / (time.perf_counter() - t0)
 
-    def loader(workers: int, collate=collate_samples):
+    def loader(workers: int, collate=collate_samples, data=ds):
         def rate() -> float:
-            dl = DataLoader(ds, batch_size=32, num_workers=workers, collate_fn=collate, persistent_workers=True)
+            dl = DataLoader(data, batch_size=32, num_workers=workers, collate_fn=collate, persistent_workers=True)
             next(iter(dl))  # worker start-up is not tile reading
             t0 = time.perf_counter()
             for _ in range(passes):
@@ -157,6 +158,7 @@ def throughput(slide: Path, out: Path, rounds: int, passes: int) -> list[tuple[s
         "loader1": loader(1),
         "loader2": loader(2),
         "reads1": loader(1, count_only),
+        "u8": loader(1, data=ds_u8),
     }
     rates: dict[str, list[float]] = {k: [] for k in tests}
     for _ in range(rounds):
@@ -169,6 +171,7 @@ def throughput(slide: Path, out: Path, rounds: int, passes: int) -> list[tuple[s
         ("DataLoader, 1 worker, batch 32", med["loader1"], med["loader1"] / med["raw"]),
         ("DataLoader, 2 workers, batch 32 (ratio per worker)", med["loader2"], med["loader2"] / 2 / med["raw"]),
         ("DataLoader, 1 worker, images dropped in the worker (reads only)", med["reads1"], med["reads1"] / med["raw"]),
+        ("DataLoader, 1 worker, uint8 items (as extract_slide_features)", med["u8"], med["u8"] / med["raw"]),
     ]
 
 

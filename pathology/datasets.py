@@ -106,6 +106,7 @@ class SlideTileDataset(Dataset):
         names: Sequence[str] | None = None,
         size: int | None = None,
         max_open: int = 64,
+        uint8: bool = False,
     ):
         self.slides = load_slide_tiles(coords, slides, names)
         if not self.slides:
@@ -121,6 +122,7 @@ class SlideTileDataset(Dataset):
             )
         self.offsets = np.cumsum([0] + [len(s.coords) for s in self.slides])
         self.transform = transform
+        self.uint8 = uint8
         self.max_open = max_open
         self._open: OrderedDict[int, Slide] = OrderedDict()
         self._pid = os.getpid()
@@ -172,7 +174,8 @@ class SlideTileDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         tiles, x, y = self.tile_info(index)
-        image = to_tensor(self.read(index))
+        tile = self.read(index)
+        image = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1))) if self.uint8 else to_tensor(tile)
         if self.transform is not None:
             image = self.transform(image)
         return {"image": image, "meta": {"slide": tiles.name, "coords": (x, y)}}

@@ -49,6 +49,9 @@ def test_transform_and_missing_slide(tiled):
     out, slides = tiled
     ds = SlideTileDataset(out, slides, transform=lambda x: x[:1] * 2, names=["pyramid"])
     assert ds[0]["image"].shape == (1, 128, 128) and len(ds) == 144
+    raw = SlideTileDataset(out, slides, names=["pyramid"], uint8=True)[5]["image"]
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 128, 128)
+    torch.testing.assert_close(raw.float() / 255, SlideTileDataset(out, slides, names=["pyramid"])[5]["image"])
     with pytest.raises(DataError, match="no slide named 'pyramid'"):
         SlideTileDataset(out, {"CMU-1-Small-Region": slides["CMU-1-Small-Region"]}, size=64)
 

@@ -84,3 +84,20 @@ def test_backbone_must_return_pooled_features(tiled, tmp_path):
     with pytest.raises(DataError, match=r"\(B, D\) features; it returned \(\d+, 8, 16\)"):
         extract_slide_features(tokens, slides, coords_dir, tmp_path, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_custom_preprocess_runs_per_image(tiled, tmp_path):
+    coords_dir, slides = tiled
+    backbone = tiny_vit(0)
+    # every tile blanked by the preprocess: every row is the backbone's output for a blank tile
+    extract_slide_features(
+        backbone,
+        {"pyramid": slides["pyramid"]},
+        coords_dir / "patches" / "pyramid.h5",
+        tmp_path,
+        preprocess=lambda x: torch.zeros_like(x[:, :32, :32]),
+        progress=False,
+    )
+    with torch.no_grad():
+        blank = backbone(torch.zeros(1, 3, 32, 32)).numpy()
+    np.testing.assert_allclose(read_features(tmp_path / "pyramid.h5"), np.repeat(blank, 36, axis=0), atol=1e-5)
