@@ -9,6 +9,7 @@ OpenSlide handle across processes. Rank sharding is the sampler's job (the core 
 from __future__ import annotations
 
 import os
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ class SlideTileDataset(Dataset):
                 "the dataset a size= to read every tile at"
             )
         self.offsets = np.cumsum([0] + [len(s.coords) for s in self.slides])
+        self._starts = self.offsets.tolist()  # for bisect: ~1 us per lookup instead of NumPy's ~20
         self.transform = transform
         self.uint8 = uint8
         self.max_open = max_open
@@ -132,10 +134,10 @@ class SlideTileDataset(Dataset):
 
     def locate(self, index: int) -> tuple[int, int]:
         """``(slide number, tile number within it)`` of a dataset index."""
-        if not 0 <= index < len(self):
+        if not 0 <= index < self._starts[-1]:
             raise IndexError(f"tile {index} out of range for {len(self)} tiles")
-        s = int(np.searchsorted(self.offsets, index, side="right")) - 1
-        return s, index - int(self.offsets[s])
+        s = bisect_right(self._starts, index) - 1
+        return s, index - self._starts[s]
 
     def tile_info(self, index: int) -> tuple[SlideTiles, int, int]:
         """``(slide tiles, x, y)`` of a dataset index."""
@@ -173,8 +175,10 @@ class SlideTileDataset(Dataset):
         return self._slide(s).read_tile(int(x), int(y), tiles.size0, tiles.size)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        tiles, x, y = self.tile_info(index)
-        tile = self.read(index)
+        s, k = self.locate(index)
+        tiles = self.slides[s]
+        x, y = (int(v) for v in tiles.coords[k])
+        tile = self._slide(s).read_tile(x, y, tiles.size0, tiles.size)
         image = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1))) if self.uint8 else to_tensor(tile)
         if self.transform is not None:
             image = self.transform(image)

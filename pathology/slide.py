@@ -39,17 +39,26 @@ class _OpenSlideReader:
         self.level_dimensions = tuple(self.handle.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self.handle.level_downsamples)
         props = self.handle.properties
+        # slides whose scanned area is not the whole rectangle (MIRAX, VMS, Leica, ...) announce their bounds
+        self.sparse = openslide.PROPERTY_NAME_BOUNDS_X in props
         self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
         self.objective_power = props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
         self.found_mpp, self.found_source = mpp_from_properties(props)
 
     def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         region = self.handle.read_region(location, level, size)
-        if np.asarray(region)[..., 3].min() < 255:  # outside the scanned area: composite on white
+        if self._maybe_transparent(location, level, size) and np.asarray(region)[..., 3].min() < 255:
+            # outside the scanned area: composite on white (OpenSlide returns transparent black there)
             canvas = Image.new("RGBA", region.size, (255, 255, 255, 255))
             canvas.alpha_composite(region)
             region = canvas
         return np.asarray(region.convert("RGB"))  # Pillow's packed copy: much faster than slicing the RGBA array
+
+    def _maybe_transparent(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> bool:
+        """Whether the region can hold unscanned pixels: it passes the slide's edge, or the slide is sparse."""
+        (x, y), (w, h), ds = location, size, self.level_downsamples[level]
+        width, height = self.level_dimensions[0]
+        return self.sparse or x < 0 or y < 0 or x + w * ds > width or y + h * ds > height
 
     def close(self) -> None:
         self.handle.close()

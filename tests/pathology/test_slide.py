@@ -112,3 +112,13 @@ def test_broken_files_are_one_line_data_errors(synthetic_dir, name):
         s.thumbnail(8.0)
     message = str(err.value)
     assert message.startswith(str(path)) and "\n" not in message
+
+
+def test_unscanned_pixels_are_white_and_checked_only_where_possible(cmu_slide):
+    with open_slide(cmu_slide) as s:
+        reader = s._reader
+        assert not reader.sparse  # no openslide.bounds-* properties: the scan is the whole rectangle
+        assert not reader._maybe_transparent((0, 0), 0, (256, 256))
+        assert reader._maybe_transparent((2000, 0), 0, (256, 256)) and reader._maybe_transparent((0, -1), 0, (8, 8))
+        tile = s.read_region((2100, 2900), 0, 256)  # 120 columns and 67 rows inside the slide
+        assert (tile[67:] == 255).all() and (tile[:, 120:] == 255).all() and (tile[:67, :120] < 250).any()
