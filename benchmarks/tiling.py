@@ -6,7 +6,7 @@ coordinates (tiles/s, ratio), and peak memory while tiling and streaming synthet
 
 Synthetic slides (``side@mpp``): a real H&E region (../shared/data/pathology/TCGA-HE-7130_1000px.png) tiled
 inside an ellipse on glass, levels 1/4/16/64, JPEG tiles, written tile by tile and deleted afterwards. The last
-default one spans 40 mm, beyond the 33 mm where the tissue thumbnail reaches ``tissue.max_side``.
+default ones span 20 and 40 mm, beyond the 16 mm where the tissue thumbnail reaches ``tissue.max_side``.
 Prints markdown tables; the figures are ratios within one run (absolute speeds depend on the machine).
 """
 

@@ -4,8 +4,8 @@ morphological closing -> area and hole filtering; and the tissue fraction of eac
 Defaults and their sources (CLAM ``create_patches_fp.py`` / ``WholeSlideImage.segmentTissue``; TRIDENT):
 
 - ``seg_mpp=8.0``: TRIDENT segments at 1.25x (8 um/px); CLAM uses the level nearest a 64x downsample.
-  ``max_side=4096``: a slide longer than ``max_side * seg_mpp`` (33 mm at 8 um/px) is segmented at a coarser MPP, so
-  that memory stays bounded (about 0.3 GiB at most) whatever the slide size.
+  ``max_side=2048``: a slide longer than ``max_side * seg_mpp`` (16 mm at 8 um/px) is segmented at a coarser MPP
+  (still finer than CLAM's 64x downsample up to 33 mm at 40x), so that memory stays bounded whatever the slide size.
 - ``mthresh=7``: median blur kernel (CLAM default), in thumbnail pixels (made odd).
 - ``sthresh=8``: saturation threshold (CLAM default, ``use_otsu=False`` there). Here Otsu is on by default as in
   CLAM's ``use_otsu=True`` mode, and ``sthresh`` is a floor under the Otsu threshold so that a slide that is nearly
@@ -31,7 +31,7 @@ from skimage.morphology import closing
 @dataclass(frozen=True)
 class TissueParams:
     seg_mpp: float = 8.0
-    max_side: int = 4096
+    max_side: int = 2048
     sthresh: int = 8
     use_otsu: bool = True
     mthresh: int = 7

@@ -175,7 +175,7 @@ def test_segmentation_thumbnail_is_capped(pyramid):
     from domainfm.pathology.tiling import _thumbnails
 
     with open_slide(pyramid) as s:
-        thumb, seg = _thumbnails(s, 8.0, max_side=4096)
+        thumb, seg = _thumbnails(s, 8.0, max_side=2048)
         assert seg.shape == (128, 192, 3) and thumb.shape == (683, 1024, 3)  # 8 um/px; overlay 1.5 um/px
         _, capped = _thumbnails(s, 8.0, max_side=96)  # 1536 um / 96 px = 16 um/px: memory bounded on huge slides
         assert capped.shape == (64, 96, 3)
