@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "frozen-backbone protocols: knn, linear, fewshot, abmil",
     "extract": "write backbone features of a dataset to .h5",
     "export": "export a run's backbone as safetensors + timm config.json",
+    "tile": "whole-slide images -> tissue contours, overlays and tile coordinates (.h5) at a chosen MPP",
     "recipes": "list the recipes with a one-line description",
 }
 

@@ -1,0 +1,190 @@
+"""Stream tiles from the slides by their coordinates (no tile image dumps).
+
+The dataset holds paths and coordinate arrays only; each process (main, DataLoader worker, DDP rank) opens the
+slides it reads on first use and keeps at most ``max_open`` of them open, so it pickles small and never shares an
+OpenSlide handle across processes. Rank sharding is the sampler's job (the core ``StreamSampler``);
+:meth:`SlideTileDataset.sample_weights` makes its draws balanced across slides.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from domainfm.errors import DataError
+from domainfm.pathology.h5io import read_coords
+from domainfm.pathology.slide import SLIDE_EXTENSIONS, Slide, open_slide, slide_name
+from domainfm.pathology.tiling import find_slides
+from torch.utils.data import Dataset
+
+SlideSource = str | Path | Sequence[str | Path] | Mapping[str, str | Path]
+
+
+@dataclass
+class SlideTiles:
+    """One slide's tiles: level-0 top-left ``coords`` of side ``size0``, read out at ``size`` pixels."""
+
+    name: str
+    path: Path
+    coords: np.ndarray
+    size0: int
+    size: int
+    attrs: dict
+
+
+def coords_files(coords: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The ``.h5`` files of a ``domainfm tile`` output folder, its ``patches/`` folder, or a list."""
+    if isinstance(coords, (str, Path)):
+        folder = Path(coords)
+        if (folder / "patches").is_dir():
+            folder = folder / "patches"
+        if folder.is_file():
+            return [folder]
+        files = sorted(folder.glob("*.h5")) if folder.is_dir() else []
+        if not files:
+            raise DataError(f"{folder} holds no coordinate files (*.h5); run 'domainfm tile' first")
+        return files
+    return [Path(p) for p in coords]
+
+
+def slide_paths(slides: SlideSource, extensions: Sequence[str] = SLIDE_EXTENSIONS) -> dict[str, Path]:
+    """``{slide name: file}`` from a folder (searched as ``domainfm tile`` does), a list of files or a mapping."""
+    if isinstance(slides, Mapping):
+        return {str(k): Path(v) for k, v in slides.items()}
+    if isinstance(slides, (str, Path)):
+        slides = find_slides(slides, extensions)
+    return {slide_name(p): Path(p) for p in slides}
+
+
+def load_slide_tiles(
+    coords: str | Path | Sequence[str | Path], slides: SlideSource, names: Sequence[str] | None = None
+) -> list[SlideTiles]:
+    """Pair every coordinate file with its slide (by name); slides without tiles are left out."""
+    paths = slide_paths(slides)
+    out = []
+    for h5 in coords_files(coords):
+        xy, attrs = read_coords(h5)
+        name = str(attrs.get("name", h5.stem))
+        if names is not None and name not in names:
+            continue
+        if name not in paths:
+            raise DataError(f"{h5}: no slide named {name!r} among the slides given; point data.root at the slides")
+        size0, size = int(attrs["patch_size_level0"]), int(attrs["patch_size"])
+        if len(xy):
+            out.append(SlideTiles(name, paths[name], xy, size0, size, attrs))
+    return out
+
+
+def to_tensor(tile: np.ndarray) -> torch.Tensor:
+    """``H x W x 3`` uint8 -> ``3 x H x W`` float32 in [0, 1], in NumPy (single-threaded: torch's intra-op threads
+    only contend with the loader workers for such small arrays)."""
+    image = tile.transpose(2, 0, 1).astype(np.float32)
+    image *= np.float32(1.0 / 255.0)
+    return torch.from_numpy(image)
+
+
+class SlideTileDataset(Dataset):
+    """Tiles of many slides, read on demand at the tiling's target MPP.
+
+    Item: ``{"image": 3 x S x S float in [0, 1], "meta": {"slide": name, "coords": (x, y)}}`` (``transform``, if
+    given, maps the image tensor). ``S`` is the tiling's ``patch_size``, which must then be the same in every
+    coordinate file, or ``size`` (each level-0 tile box is read out at ``size`` pixels). Tiles are ordered slide by
+    slide, in each file's order.
+    """
+
+    def __init__(
+        self,
+        coords: str | Path | Sequence[str | Path],
+        slides: SlideSource,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        names: Sequence[str] | None = None,
+        size: int | None = None,
+        max_open: int = 64,
+        uint8: bool = False,
+    ):
+        self.slides = load_slide_tiles(coords, slides, names)
+        if not self.slides:
+            raise DataError(f"no tiles found for the slides in {coords}: check the tiling (min_tissue, data.root)")
+        sizes = {s.size for s in self.slides}
+        if size is not None:
+            for tiles in self.slides:
+                tiles.size = int(size)
+        elif len(sizes) > 1:
+            raise DataError(
+                f"the coordinate files in {coords} have tiles of {sorted(sizes)} px: tile all slides alike, or give "
+                "the dataset a size= to read every tile at"
+            )
+        self.offsets = np.cumsum([0] + [len(s.coords) for s in self.slides])
+        self._starts = self.offsets.tolist()  # for bisect: ~1 us per lookup instead of NumPy's ~20
+        self.transform = transform
+        self.uint8 = uint8
+        self.max_open = max_open
+        self._open: OrderedDict[int, Slide] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(slide number, tile number within it)`` of a dataset index."""
+        if not 0 <= index < self._starts[-1]:
+            raise IndexError(f"tile {index} out of range for {len(self)} tiles")
+        s = bisect_right(self._starts, index) - 1
+        return s, index - self._starts[s]
+
+    def tile_info(self, index: int) -> tuple[SlideTiles, int, int]:
+        """``(slide tiles, x, y)`` of a dataset index."""
+        s, k = self.locate(index)
+        x, y = self.slides[s].coords[k]
+        return self.slides[s], int(x), int(y)
+
+    def describe(self, index: int) -> str:
+        tiles, x, y = self.tile_info(index)
+        return f"{tiles.path} tile ({x}, {y})"
+
+    def sample_weights(self) -> torch.Tensor:
+        """One weight per tile, ``1 / tiles in its slide``: weighted draws (``StreamSampler(weights=...)`` or the
+        Trainer's ``sample_weights``) then pick every slide equally often, whatever its size."""
+        counts = np.diff(self.offsets)
+        return torch.from_numpy(np.repeat(1.0 / counts, counts))
+
+    def _slide(self, s: int) -> Slide:
+        if os.getpid() != self._pid:  # a forked worker: never reuse the parent's handles
+            self._open, self._pid = OrderedDict(), os.getpid()
+        if s in self._open:
+            self._open.move_to_end(s)
+            return self._open[s]
+        slide = open_slide(self.slides[s].path)
+        self._open[s] = slide
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)[1].close()
+        return slide
+
+    def read(self, index: int) -> np.ndarray:
+        """The tile as ``S x S x 3`` uint8."""
+        s, k = self.locate(index)
+        tiles = self.slides[s]
+        x, y = tiles.coords[k]
+        return self._slide(s).read_tile(int(x), int(y), tiles.size0, tiles.size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s, k = self.locate(index)
+        tiles = self.slides[s]
+        x, y = (int(v) for v in tiles.coords[k])
+        tile = self._slide(s).read_tile(x, y, tiles.size0, tiles.size)
+        image = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1))) if self.uint8 else to_tensor(tile)
+        if self.transform is not None:
+            image = self.transform(image)
+        return {"image": image, "meta": {"slide": tiles.name, "coords": (x, y)}}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_open"] = OrderedDict()  # handles stay in their process
+        return state

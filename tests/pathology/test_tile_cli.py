@@ -1,0 +1,61 @@
+"""``domainfm tile``: the CLI end to end on the real slide, resume, one-line errors, and the core's lazy import."""
+
+import os
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import run_cli
+
+
+def test_tile_command_end_to_end(cmu_slide, synthetic_dir, tmp_path):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    os.symlink(cmu_slide, slides / cmu_slide.name)
+    os.symlink(synthetic_dir / "notaslide.svs", slides / "notaslide.svs")
+    out = tmp_path / "tiles"
+    args = ["tile", f"data.root={slides}", f"out={out}", "progress=false"]
+    first = run_cli(args, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "slides         2: 1 tiled, 0 already done, 1 skipped" in first.stdout
+    assert "notaslide.svs: not a slide format" in first.stdout
+    for path in ("patches/CMU-1-Small-Region.h5", "overlays/CMU-1-Small-Region.png", "summary.json"):
+        assert (out / path).is_file(), path
+    second = run_cli(args, tmp_path)
+    assert second.returncode == 0 and "2: 0 tiled, 1 already done, 1 skipped" in second.stdout
+    changed = run_cli([*args, "tiling.tile_px=224"], tmp_path)
+    assert changed.returncode == 2
+    err = changed.stderr.strip().splitlines()
+    assert len(err) == 1 and "other parameters" in err[0] and "overwrite=true" in err[0]
+
+
+def test_cfg_job_and_missing_keys(tmp_path):
+    out = run_cli(["tile", "data.root=/x", "out=/y", "tiling.target_mpp=0.25", "--cfg", "job"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["tiling"]["target_mpp"] == 0.25 and cfg["tiling"]["tile_px"] == 256 and cfg["tissue"]["mthresh"] == 7
+    missing = run_cli(["tile", "data.root=/x"], tmp_path)
+    assert missing.returncode == 2
+    assert (
+        missing.stderr.strip()
+        == "error: out=<the output folder> is required: domainfm tile data.root=<slides> out=<folder>"
+    )
+
+
+def test_without_the_extra_the_error_is_one_line(tmp_path):
+    code = (
+        "import sys; sys.modules['openslide'] = None\n"
+        "from domainfm.cli import main\n"
+        f"main(['tile', 'data.root={tmp_path}', 'out={tmp_path / 'o'}'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and 'pip install "domainfm[pathology]"' in lines[0]
+
+
+def test_core_does_not_import_pathology():
+    code = "import sys, domainfm.cli, domainfm.commands.tile; print('domainfm.pathology' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False"
