@@ -107,12 +107,10 @@ def _resolve(source: str, arch: str | None) -> tuple[str, dict, dict, dict[str, 
             raise ConfigError(f"{path} is neither a run folder nor an export folder (no config.json)")
         config, weights = _folder_config(path)
         architecture = config.get("architecture") or arch
-        return (
-            architecture,
-            dict(config.get("model_args", {})),
-            dict(config.get("pretrained_cfg", {})),
-            read_weights(weights),
-        )
+        pretrained_cfg = dict(config.get("pretrained_cfg", {}))
+        if config.get("domainfm"):
+            pretrained_cfg["domainfm"] = config["domainfm"]
+        return architecture, dict(config.get("model_args", {})), pretrained_cfg, read_weights(weights)
     if path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
         if not arch:
             raise ConfigError(

@@ -1,6 +1,7 @@
 """Export a 2D ViT backbone as ``model.safetensors`` + ``config.json`` that timm loads with
 ``timm.create_model("local-dir:<dir>", pretrained=True)``; ``pretrained_cfg`` records the preprocessing the
-weights expect (channels, input size, mean/std, and domain keys such as MPP or band names)."""
+weights expect (channels, input size, mean/std); domain keys such as MPP or band names go into a top-level
+``"domainfm"`` entry of ``config.json`` (``load_backbone`` merges them into ``model.pretrained_cfg["domainfm"]``)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,13 @@ def export_backbone(
         "license": None,
     }
     extra = {k: v for k, v in preprocess.items() if k not in ("mean", "std", "img_size", "in_chans")}
-    if extra:
-        cfg["domainfm"] = extra
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:
         timm.models.save_for_hf(backbone, str(tmp), model_config={"pretrained_cfg": cfg}, safe_serialization=True)
         config = json.loads((tmp / "config.json").read_text())
         config["pretrained_cfg"].pop("license", None)
+        if extra:  # top level: timm's PretrainedCfg accepts no unknown keys, and ignores unknown top-level ones
+            config["domainfm"] = extra
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
