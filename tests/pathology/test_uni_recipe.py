@@ -4,8 +4,8 @@ import json
 
 import timm
 import torch
-
 from domainfm.pathology.tiling import tile_slides
+
 from tests.conftest import pretrain_in_process
 
 
