@@ -1,11 +1,12 @@
 """Linear probes on frozen features.
 
-``logistic_probe``: multinomial (binary: sigmoid) logistic regression fitted with full-batch L-BFGS (strong-Wolfe
-line search, up to 1,000 iterations), as UNI's ``eval_patch_features/logistic_regression.py`` (after CLIP);
-the objective is scikit-learn's, ``C * sum_i CE_i + ||W||^2 / 2`` (bias not penalised), so ``C`` means what it
-means there and the fit matches ``sklearn.linear_model.LogisticRegression`` (tested). UNI fixes
-``C = D * K / 100``; here a small grid of ``C`` (default ``1e-3 ... 1e2``) is searched on the validation split
-(balanced accuracy, ties to the smaller ``C``). Runs on the GPU when one is given.
+``logistic_probe``: multinomial (binary: sigmoid) logistic regression fitted with full-batch L-BFGS, up to 1,000
+iterations, as UNI's ``eval_patch_features/logistic_regression.py`` (after CLIP). The objective is scikit-learn's,
+``C * sum_i CE_i + ||W||^2 / 2`` (bias not penalised). On the CPU scikit-learn's ``LogisticRegression(lbfgs)``
+fits it (tolerance 1e-6, tighter than its default, so that large ``C`` converge); on a GPU a torch L-BFGS
+(strong-Wolfe line search, as UNI's) does, and matches scikit-learn (tested). UNI fixes ``C = D * K / 100``;
+here a small grid of ``C`` (default ``1e-3 ... 1e2``) is searched on the validation split (balanced accuracy,
+ties to the smaller ``C``). Small problems run on one CPU thread (threads only add synchronisation there).
 
 ``linear_grid``: DINOv2's linear evaluation (``dinov2/eval/linear.py``): many linear heads trained in one pass
 over the same feature batches, one per (pooling x learning rate) with poolings ``cls``, ``mean``
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from domainfm.engine.trainer import Trainer, TrainerConfig
+from domainfm.errors import ConfigError, DataError
 from domainfm.evaluation.features import Features
 from domainfm.evaluation.metrics import scores
 from domainfm.methods.base import Method, StepContext
@@ -54,10 +57,36 @@ class LogisticModel:
 
 
 def fit_logistic(
-    x: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1.0, max_iter: int = 1000, device: str = "cpu"
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    device: str = "cpu",
+    solver: str = "auto",
 ) -> LogisticModel:
-    """Minimise ``C * sum CE + ||W||^2 / 2`` with L-BFGS (float64 on CPU, float32 on GPU), from zeros."""
+    """Minimise ``C * sum CE + ||W||^2 / 2``. ``solver``: ``sklearn`` (CPU), ``torch`` (L-BFGS in float64 on CPU,
+    float32 on GPU, from zeros), or ``auto`` (``torch`` on CUDA, else ``sklearn``)."""
     dev = torch.device(device)
+    if solver == "auto":
+        solver = "torch" if dev.type == "cuda" else "sklearn"
+    if solver == "sklearn":
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.asarray(x)
+        with warnings.catch_warnings(), _threads_for(x.size, dev):
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fitted = LogisticRegression(C=C, tol=1e-6, max_iter=max_iter).fit(x, np.asarray(y))
+        weight = torch.as_tensor(fitted.coef_, dtype=torch.float64)
+        bias = torch.as_tensor(fitted.intercept_, dtype=torch.float64)
+        if len(fitted.classes_) != n_classes:
+            raise DataError(f"the training split holds {len(fitted.classes_)} of {n_classes} classes; add samples")
+        return LogisticModel(weight, bias, n_classes)
+    if solver != "torch":
+        raise ConfigError(f"linear.solver={solver!r}; choose auto, sklearn or torch")
     dtype = torch.float64 if dev.type == "cpu" else torch.float32
     xs = torch.as_tensor(np.asarray(x), dtype=dtype, device=dev)
     ys = torch.as_tensor(np.asarray(y), dtype=torch.long, device=dev)
@@ -86,8 +115,27 @@ def fit_logistic(
         loss.backward()
         return loss
 
-    opt.step(closure)
+    with _threads_for(xs.numel(), dev):
+        opt.step(closure)
     return LogisticModel(weight.detach(), bias.detach(), n_classes)
+
+
+@contextmanager
+def _threads_for(size: int, device: torch.device) -> Iterator[None]:
+    """One CPU thread (torch and BLAS) for small problems, where threads only add synchronisation (10x slower
+    on a busy 2-core machine); unchanged otherwise."""
+    if device.type != "cpu" or size >= 2**22:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def logistic_probe(
@@ -98,12 +146,13 @@ def logistic_probe(
     max_iter: int = 1000,
     select: str = "balanced_accuracy",
     device: str = "cpu",
+    solver: str = "auto",
 ) -> tuple[LogisticModel, dict]:
     """Fit one model per ``C`` on ``train``; keep the best on ``val`` by ``select``. Returns the model and
     ``{"C": best, "val": {C: score}}``."""
     best, best_score, table = None, -np.inf, {}
     for C in Cs:
-        model = fit_logistic(*train, n_classes, C=C, max_iter=max_iter, device=device)
+        model = fit_logistic(*train, n_classes, C=C, max_iter=max_iter, device=device, solver=solver)
         score = float(scores(val[1], model.predict_proba(val[0]))[select])
         table[float(C)] = score
         if score > best_score:

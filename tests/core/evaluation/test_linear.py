@@ -13,7 +13,7 @@ def test_logistic_matches_sklearn(eurosat_pixels, classes, C):
     x, y = eurosat_pixels
     keep = y < classes
     x, y = x[keep], y[keep]
-    ours = fit_logistic(x, y, classes, C=C)
+    ours = fit_logistic(x, y, classes, C=C, solver="torch")
     ref = LogisticRegression(C=C, tol=1e-10, max_iter=20000).fit(x, y)
     np.testing.assert_allclose(ours.predict_proba(x), ref.predict_proba(x), atol=2e-4)
     if classes > 2:  # the softmax parameterisation is identifiable up to a shift; sklearn's is centred
@@ -27,7 +27,7 @@ def test_c_search_picks_the_best_validation_score(eurosat_pixels):
     x, y = eurosat_pixels
     train, val = np.arange(100) % 3 != 0, np.arange(100) % 3 == 0
     Cs = [0.01, 1.0, 100.0]
-    model, info = logistic_probe((x[train], y[train]), (x[val], y[val]), 10, Cs=Cs)
+    model, info = logistic_probe((x[train], y[train]), (x[val], y[val]), 10, Cs=Cs, solver="torch")
     ref = {
         C: balanced_accuracy_score(
             y[val], LogisticRegression(C=C, tol=1e-10, max_iter=20000).fit(x[train], y[train]).predict(x[val])
@@ -37,6 +37,8 @@ def test_c_search_picks_the_best_validation_score(eurosat_pixels):
     assert info["val"] == pytest.approx(ref)
     assert info["C"] == max(Cs, key=lambda C: (ref[C], -C))
     np.testing.assert_allclose(model.predict_proba(x[val]).sum(1), 1.0)
+    cpu, cpu_info = logistic_probe((x[train], y[train]), (x[val], y[val]), 10, Cs=[info["C"]])  # sklearn on CPU
+    np.testing.assert_allclose(cpu.predict_proba(x[val]), model.predict_proba(x[val]), atol=5e-3)
 
 
 def test_linear_grid_one_pass_selects_best_head_on_val(tmp_path):
