@@ -174,7 +174,7 @@ def plot_embedding(
     path: str | Path,
     title: str = "",
     method: str = "tsne",
-    max_points: int = 2000,
+    max_points: int = 1000,
     seed: int = 0,
 ) -> Path:
     """Scatter of a 2D embedding (``embed_2d``) of at most ``max_points`` samples, coloured by label."""
