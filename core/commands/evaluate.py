@@ -8,9 +8,16 @@ import logging
 from typing import Any
 
 from domainfm.commands.common import output_dir, write_config
-from domainfm.commands.labeled import as_list, backbone_names, backbone_sources, labeled_data, open_backbone
+from domainfm.commands.labeled import (
+    as_list,
+    backbone_names,
+    backbone_sources,
+    extract,
+    labeled_data,
+    open_backbone,
+)
 from domainfm.evaluation.datasets import ImageList
-from domainfm.evaluation.features import extract_features, fingerprint
+from domainfm.evaluation.features import fingerprint
 from domainfm.evaluation.protocols import check_protocols, run_protocols
 from domainfm.evaluation.report import plot_embedding, plot_result, render_summary, write_results
 from omegaconf import DictConfig, OmegaConf
@@ -30,21 +37,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for source in sources:
         name = names[source]
         model, preprocess, channels = open_backbone(source, cfg, data)
-        print_id = fingerprint(model, preprocess)
-        features = extract_features(
+        features = extract(
+            cfg,
             model,
             ImageList.of(data, channels, preprocess.view()),
-            out=out / name / "features.h5" if cfg.cache_features else None,
+            out / name / "features.h5" if cfg.cache_features else None,
             pooling="both",
-            batch_size=int(cfg.data.batch_size),
-            num_workers=cfg.data.num_workers,
-            device=cfg.device,
-            precision=cfg.precision,
-            progress=bool(cfg.progress),
-            strict=bool(cfg.data.strict),
             overwrite=True,
-            meta={"backbone": source, "classes": json.dumps(data.classes), "fingerprint": print_id},
             desc=f"extract {name}",
+            backbone=source,
+            classes=json.dumps(data.classes),
+            fingerprint=fingerprint(model, preprocess),
         )
         results[name] = run_protocols(features, data, protocols, settings, out / name)
         backbones[name] = {"source": source, "preprocess": preprocess.to_dict(), "skipped_files": features.skipped}

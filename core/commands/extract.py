@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from domainfm.commands.labeled import backbone_sources
+from domainfm.commands.labeled import backbone_sources, extract
 from domainfm.data.folder import list_files
 from domainfm.errors import ConfigError
 from domainfm.evaluation.datasets import ImageList, LabeledSet, load_labeled
-from domainfm.evaluation.features import check_channels, extract_features, fingerprint, load_eval_backbone
+from domainfm.evaluation.features import check_channels, fingerprint, load_eval_backbone
 from omegaconf import DictConfig
 
 
@@ -40,22 +40,18 @@ def run(cfg: DictConfig) -> Path:
         root = Path(cfg.data.root).expanduser()
         ids = [p.relative_to(root).as_posix() if p != root else p.name for p in paths]
         dataset, classes = ImageList(paths, None, ids, channels, preprocess.view()), []
-    meta = {"backbone": sources[0], "classes": json.dumps(classes), "fingerprint": fingerprint(model, preprocess)}
-    meta["preprocess"] = json.dumps(preprocess.to_dict())
     out = Path(cfg.out).expanduser()
-    features = extract_features(
+    features = extract(
+        cfg,
         model,
         dataset,
-        out=out,
-        pooling=cfg.pooling,
-        batch_size=int(cfg.data.batch_size),
-        num_workers=cfg.data.num_workers,
-        device=cfg.device,
-        precision=cfg.precision,
-        progress=bool(cfg.progress),
-        strict=bool(cfg.data.strict),
-        overwrite=bool(cfg.overwrite),
-        meta=meta,
+        out,
+        cfg.pooling,
+        bool(cfg.overwrite),
+        backbone=sources[0],
+        classes=json.dumps(classes),
+        fingerprint=fingerprint(model, preprocess),
+        preprocess=json.dumps(preprocess.to_dict()),
     )
     good = int(features.valid.sum())
     print(f"wrote {out}: {good} x {features.features.shape[1]} features ({cfg.pooling}), {len(classes)} classes")

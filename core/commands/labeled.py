@@ -9,9 +9,10 @@ from typing import Any
 
 from domainfm.errors import ConfigError
 from domainfm.evaluation.datasets import LabeledSet, check_groups, load_labeled, save_splits, with_splits
-from domainfm.evaluation.features import Preprocess, check_channels, load_eval_backbone
+from domainfm.evaluation.features import Features, Preprocess, check_channels, extract_features, load_eval_backbone
 from omegaconf import DictConfig, ListConfig
 from torch import nn
+from torch.utils.data import Dataset
 
 log = logging.getLogger("domainfm")
 
@@ -71,3 +72,31 @@ def open_backbone(source: str, cfg: DictConfig, data: LabeledSet) -> tuple[nn.Mo
     model, preprocess = load_eval_backbone(source, arch=cfg.get("arch"), in_chans=in_chans)
     channels = check_channels(data.paths, preprocess.in_chans, source, cfg.data.get("channels"))
     return model, preprocess, channels
+
+
+def extract(
+    cfg: DictConfig,
+    model: nn.Module,
+    dataset: Dataset,
+    out: Path | None,
+    pooling: str,
+    overwrite: bool,
+    desc: str = "extract",
+    **meta: str,
+) -> Features:
+    """:func:`extract_features` with the command's ``data``, ``device``, ``precision`` and ``progress`` settings."""
+    return extract_features(
+        model,
+        dataset,
+        out=out,
+        pooling=pooling,
+        batch_size=int(cfg.data.batch_size),
+        num_workers=cfg.data.num_workers,
+        device=cfg.device,
+        precision=cfg.precision,
+        progress=bool(cfg.progress),
+        strict=bool(cfg.data.strict),
+        overwrite=overwrite,
+        meta=meta,
+        desc=desc,
+    )
