@@ -8,10 +8,11 @@ as PNGs with a CSV ``path,label,split`` (the official train/val/test split); a l
 subset of the training rows (seed 0) and every validation and test row. Without ``--backbone`` a ViT-Tiny/16 at
 64 px (1 channel) is pretrained first with ``domainfm pretrain recipe=core/mae_vit_tiny`` on the training images
 (labels unused). The random-initialisation baseline is the same architecture with fresh weights, exported with the
-same preprocessing. Protocols: kNN (k=20) and the L-BFGS logistic probe (C chosen on val) on frozen features;
-full finetuning (AdamW lr 1e-3, layer decay 0.75, batch 32, 150 steps, class-balanced sampling, validation every
-15 steps, early stop after 4 evaluations without gain, best-on-val checkpoint tested). Prints a markdown table
-(balanced accuracy and AUROC with 95% bootstrap CIs on the test split) and writes it to
+same preprocessing. Features are the mean of the patch tokens (MAE's global pooling; its class token is not
+trained by the objective). Protocols: kNN (k=20) and the L-BFGS logistic probe (C chosen on val) on frozen
+features; full finetuning (AdamW lr 1e-3, layer decay 0.75, batch 32, 150 steps, class-balanced sampling,
+validation every 15 steps, early stop after 4 evaluations without gain, best-on-val checkpoint tested). Prints a
+markdown table (balanced accuracy and AUROC with 95% bootstrap CIs on the test split) and writes it to
 ``<workdir>/label_efficiency.md``.
 """
 
@@ -180,6 +181,7 @@ def main() -> None:
                 *data,
                 f"run_dir={work / ('evaluate_' + tag)}",
                 "protocol=[knn,linear]",
+                "pooling=mean",
                 f"linear.grid={str(args.grid).lower()}",
                 "progress=false",
             ],
@@ -199,6 +201,7 @@ def main() -> None:
                 "trainer.patience=4",
                 "trainer.lr=1e-3",
                 "finetune.balanced=true",
+                "finetune.pooling=mean",
                 "trainer.progress=false",
                 "trainer.tensorboard=false",
             ],
