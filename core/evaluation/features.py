@@ -179,11 +179,12 @@ class _H5Sink:
             with h5py.File(path, "r") as f:
                 same = f.attrs.get("fingerprint") == meta["fingerprint"] and f.attrs.get("pooling") == meta["pooling"]
                 same = same and len(f["ids"]) == n and [s.decode() for s in f["ids"][:]] == list(ids)
+                same = same and np.array_equal(f["labels"][:], np.asarray(labels))
             if not same:
                 if not overwrite:
                     raise DataError(
-                        f"{path} holds features of another backbone, pooling or dataset; delete it or choose "
-                        "another out="
+                        f"{path} holds features of another backbone, pooling, dataset or labels; delete it or "
+                        "choose another out="
                     )
                 path.unlink()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -176,7 +176,8 @@ class FeatureSet(Dataset):
 
 class LinearHeads(Method):
     """One linear head per (pooling, learning rate) over ``[cls | mean]`` features; the loss is the sum of the
-    heads' cross-entropies (each head only sees its own gradient)."""
+    heads' cross-entropies (each head only sees its own gradient). Heads stay separate parameters (one learning
+    rate each) but the heads of one pooling are evaluated as one batched product."""
 
     def __init__(
         self,
@@ -200,10 +201,20 @@ class LinearHeads(Method):
         return x if pooling == "both" else (x[:, :d] if pooling == "cls" else x[:, d:])
 
     def logits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [head(self._inputs(x, p)) for (p, _), head in zip(self.keys, self.heads)]
+        """``(B, K)`` logits of every head, in ``keys`` order."""
+        out: list[torch.Tensor] = []
+        for pooling in dict.fromkeys(p for p, _ in self.keys):
+            heads = [h for (p, _), h in zip(self.keys, self.heads) if p == pooling]
+            weight = torch.stack([h.weight for h in heads])  # (H, K, D)
+            bias = torch.stack([h.bias for h in heads])  # (H, K)
+            z = torch.einsum("bd,hkd->hbk", self._inputs(x, pooling), weight) + bias[:, None]
+            out += list(z.unbind(0))
+        return out
 
     def forward(self, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
-        return {"loss": sum(F.cross_entropy(z, batch["label"]) for z in self.logits(batch["image"]))}
+        z = torch.stack(self.logits(batch["image"]))  # (H, B, K)
+        labels = batch["label"].expand(len(z), -1).reshape(-1)
+        return {"loss": F.cross_entropy(z.reshape(-1, z.shape[-1]), labels) * len(z)}
 
     def optim_groups(self) -> list[dict]:
         return [
@@ -234,12 +245,14 @@ def linear_grid(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    labels: np.ndarray | None = None,
 ) -> tuple[LinearHeads, int, dict]:
     """Train the grid on the ``train`` rows (indices into ``features``, which must hold ``both`` poolings) for
-    ``steps`` SGD steps through the engine; pick the best head on the ``val`` rows. Returns the heads, the
+    ``steps`` SGD steps through the engine; pick the best head on the ``val`` rows (``labels``: default the
+    features' own). Returns the heads, the
     index of the best one, and ``{"head": name, "val": {name: score}}``."""
     x = features.pooled("both")
-    y = features.labels
+    y = features.labels if labels is None else np.asarray(labels)
     run_dir = Path(run_dir)
     if run_dir.exists():  # a grid is cheap to retrain; stale heads from other features must not be resumed
         shutil.rmtree(run_dir)

@@ -85,6 +85,7 @@ def run_protocols(
                     seed=int(cfg["seed"]),
                     device=cfg["device"],
                     progress=bool(cfg["progress"]),
+                    labels=y,
                 )
                 probs = heads.predict_proba(features.pooled("both")[te])[best]
                 add("linear grid", te, probs, {"selected": head_name(*heads.keys[best]), **info})

@@ -78,6 +78,10 @@ def test_interrupted_extraction_resumes_where_it_stopped(tmp_path, kather_set):
     other = {"fingerprint": "another backbone"}
     with pytest.raises(DataError, match="holds features of another backbone"):
         extract_features(model, dataset, out=out, batch_size=5, num_workers=0, progress=False, meta=other)
+    relabeled = Interrupt(dataset)
+    relabeled.labels = (np.asarray(dataset.labels) + 1) % 8
+    with pytest.raises(DataError, match="pooling, dataset or labels"):
+        extract_features(model, relabeled, out=out, batch_size=5, num_workers=0, progress=False, meta=meta)
 
 
 def test_unreadable_files_are_skipped_and_named(tmp_path, kather_tiles, kather_set):

@@ -26,7 +26,7 @@ def test_logistic_matches_sklearn(eurosat_pixels, classes, C):
 def test_c_search_picks_the_best_validation_score(eurosat_pixels):
     x, y = eurosat_pixels
     train, val = np.arange(100) % 3 != 0, np.arange(100) % 3 == 0
-    Cs = [0.01, 1.0, 100.0]
+    Cs = [0.01, 0.1, 1.0]
     model, info = logistic_probe((x[train], y[train]), (x[val], y[val]), 10, Cs=Cs, solver="torch")
     ref = {
         C: balanced_accuracy_score(
@@ -75,3 +75,18 @@ def test_linear_grid_one_pass_selects_best_head_on_val(tmp_path):
     assert [g["lr_scale"] for g in heads.optim_groups()] == pytest.approx([lr * 32 / 256 for lr in lrs] * 3)
     assert (tmp_path / "grid" / "checkpoints" / "step_00000060.pt").exists()
     assert isinstance(heads, LinearHeads) and len(heads.heads) == 6 and best == list(info["val"]).index(info["head"])
+
+
+def test_grid_heads_get_only_their_own_gradient():
+    import torch
+    import torch.nn.functional as F
+
+    heads = LinearHeads(4, 3, lrs=[0.1, 0.2])
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    heads({"image": x, "label": y}, None)["loss"].backward()
+    for (pooling, _), head in zip(heads.keys, heads.heads):
+        alone = torch.nn.Linear(head.in_features, 3)
+        alone.load_state_dict(head.state_dict())
+        F.cross_entropy(alone(heads._inputs(x, pooling)), y).backward()
+        torch.testing.assert_close(head.weight.grad, alone.weight.grad)
+        torch.testing.assert_close(head.bias.grad, alone.bias.grad)
