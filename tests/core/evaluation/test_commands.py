@@ -1,4 +1,5 @@
-"""The extract / evaluate / finetune commands through the CLI on real sample images."""
+"""The extract / evaluate / finetune commands on real sample images: evaluate and a user error through the CLI
+(subprocess), extract and finetune in-process on the composed Hydra config (same config, no interpreter start)."""
 
 import csv
 import json
@@ -17,12 +18,23 @@ from tests.core.evaluation.conftest import make_export
 FAST = ["data.num_workers=0", "progress=false", "metrics.bootstrap=50"]
 
 
-def test_extract_writes_h5_and_rerun_continues(tmp_path, kather_tiles, tiny_export):
+def run_in_process(name: str, overrides: list[str]):
+    """Compose ``core/configs/<name>.yaml`` with the overrides, as the CLI does, and run the command."""
+    import importlib
+
+    from domainfm.configsearch import CORE_CONFIGS
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CORE_CONFIGS), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides)
+    return importlib.import_module(f"domainfm.commands.{name}").run(cfg)
+
+
+def test_extract_writes_h5(tmp_path, kather_tiles, tiny_export, capsys):
     out = tmp_path / "feats.h5"
-    args = ["extract", f"backbone={tiny_export}", f"data.root={kather_tiles}", f"out={out}", "pooling=mean"]
-    run = run_cli([*args, "progress=false", "data.num_workers=0"], tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert f"wrote {out}: 24 x 192 features (mean), 8 classes" in run.stdout
+    args = [f"backbone={tiny_export}", f"data.root={kather_tiles}", f"out={out}", "pooling=mean"]
+    run_in_process("extract", [*args, "progress=false", "data.num_workers=0"])
+    assert f"wrote {out}: 24 x 192 features (mean), 8 classes" in capsys.readouterr().out
     with h5py.File(out) as f:
         assert f["features"].shape == (24, 192) and f.attrs["pooling"] == "mean" and f.attrs["done"] == 24
         assert json.loads(f.attrs["classes"])[0] == "01_TUMOR" and sorted(set(f["labels"][:])) == list(range(8))
@@ -90,11 +102,11 @@ def test_channel_mismatch_is_one_line(tmp_path, kather_tiles, tiny_export):
     assert len(err) == 1 and "has 1 channel(s) but the backbone" in err[0] and "expects 3" in err[0]
 
 
-def test_finetune_reports_test_metrics_of_best_checkpoint_and_exports(tmp_path, eurosat, tiny_export):
+def test_finetune_reports_test_metrics_of_best_checkpoint_and_exports(tmp_path, eurosat, tiny_export, capsys):
     out = tmp_path / "ft"
-    run = run_cli(
+    run_in_process(
+        "finetune",
         [
-            "finetune",
             f"backbone={tiny_export}",
             f"data.root={eurosat}",
             f"run_dir={out}",
@@ -108,13 +120,13 @@ def test_finetune_reports_test_metrics_of_best_checkpoint_and_exports(tmp_path, 
             "finetune.train_blocks=1",
             "report.embedding=pca",
         ],
-        tmp_path,
     )
-    assert run.returncode == 0, run.stderr
-    assert "| finetune " in run.stdout and "(val_balanced_accuracy)" in run.stdout
+    printed = capsys.readouterr().out
+    assert "| finetune " in printed and "(val_balanced_accuracy)" in printed
     payload = json.loads((out / "results.json").read_text())
     row = payload["results"]["run"][0]
     assert row["details"]["best_step"] in (2, 4) and row["n"] == 20
+    assert (out / "splits.csv").exists() and (out / "config.yaml").exists()
     for name in ("confusion.png", "roc.png", "embedding.png", "loss.png"):
         assert (out / "report" / name).exists()
     model = load_backbone(out / "export")
