@@ -52,7 +52,7 @@ def test_evaluate_compares_backbones_side_by_side(tmp_path, eurosat, tiny_export
             f"run_dir={out}",
             "protocol=[knn,linear,fewshot]",
             "linear.grid_steps=20",
-            "linear.Cs=[0.1,1.0]",
+            "linear.Cs=[1.0]",
             "fewshot.shots=[1,2]",
             "fewshot.episodes=10",
             "report.embedding=pca",
