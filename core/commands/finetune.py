@@ -1,0 +1,104 @@
+"""``domainfm finetune backbone=<...> data.root=<...>``: finetune on the train split, select on val, report test."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from domainfm.commands.common import output_dir, write_config
+from domainfm.commands.labeled import backbone_names, backbone_sources, labeled_data, open_backbone
+from domainfm.commands.pretrain import trainer_config
+from domainfm.engine.export import export_backbone
+from domainfm.evaluation.datasets import ImageList
+from domainfm.evaluation.features import extract_features
+from domainfm.evaluation.finetune import finetune, predict_images
+from domainfm.evaluation.report import plot_embedding, plot_result, render_summary, write_results
+from domainfm.evaluation.results import ProtocolResult
+from domainfm.reports.curves import plot_loss_curve
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("domainfm")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    out = output_dir(cfg)
+    sources = backbone_sources(cfg)
+    tcfg = trainer_config(cfg)
+    write_config(cfg, out)
+    data = labeled_data(cfg, out)
+    test = data.select("test")
+    names = backbone_names(sources)
+    ft = OmegaConf.to_container(cfg.finetune, resolve=True)
+    results, backbones = {}, {}
+    for source in sources:
+        name = names[source]
+        run_dir = out if len(sources) == 1 else out / name
+        model, preprocess, channels = open_backbone(source, cfg, data)
+        method, summary, best = finetune(model, preprocess, data, run_dir, tcfg, channels=channels, **ft)
+        test_set = ImageList.of(test, channels, preprocess.view())
+        probs = predict_images(method, test_set, tcfg.batch_size, tcfg.num_workers, method_precision(tcfg))
+        details = {
+            "selected": f"step {best} ({tcfg.monitor})",
+            "best_step": best,
+            "steps": summary.steps,
+            "stopped_early": summary.stopped_early,
+            "best_val": summary.best_metric,
+        }
+        result = ProtocolResult.from_predictions(
+            "finetune", data.classes, test.labels, probs, int(cfg.metrics.bootstrap), int(cfg.metrics.seed), details
+        )
+        results[name] = [result]
+        export = export_backbone(
+            method.backbone.cpu(), run_dir / "export", preprocess.to_dict(), tag="domainfm-finetune"
+        )
+        backbones[name] = {"source": source, "run_dir": str(run_dir), "export": str(export)}
+        if cfg.report.plots:
+            _plots(cfg, result, method.backbone, test_set, test.labels, data.classes, run_dir, name)
+    counts = {s: int((data.splits == s).sum()) for s in ("train", "val", "test")}
+    notes = [
+        f"Data: {data.source} ({len(data)} images, {len(data.classes)} classes, split sizes {counts}).",
+        f"Checkpoint chosen on the validation split by {tcfg.monitor} ({tcfg.monitor_mode}).",
+    ]
+    summary_md = render_summary(results, "domainfm finetune", notes)
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    info = {"data": data.source, "classes": data.classes, "splits": counts, "backbones": backbones, "config": settings}
+    write_results(out, results, info, summary_md)
+    print(summary_md, flush=True)
+    print(
+        f"results: {out / 'results.json'}, {out / 'summary.md'}; finetuned backbone(s): "
+        + ", ".join(b["export"] for b in backbones.values())
+    )
+    return {name: [r.to_dict() for r in rs] for name, rs in results.items()}
+
+
+def method_precision(tcfg) -> str:
+    from domainfm.engine.runtime import resolve_device, resolve_precision
+
+    return resolve_precision(tcfg.precision, resolve_device(tcfg.device))
+
+
+def _plots(cfg, result, backbone, test_set, labels, classes, run_dir: Path, name: str) -> None:
+    plot_loss_curve(run_dir)
+    plot_result(result, run_dir / "report", f"{name}: finetune")
+    features = extract_features(
+        backbone,
+        test_set,
+        pooling=cfg.finetune.pooling,
+        batch_size=int(cfg.data.batch_size),
+        num_workers=0,
+        device=cfg.trainer.device,
+        progress=False,
+        meta={"classes": json.dumps(classes)},
+    )
+    plot_embedding(
+        features.features,
+        labels,
+        classes,
+        run_dir / "report" / "embedding.png",
+        f"{name} finetuned (test)",
+        cfg.report.embedding,
+        int(cfg.report.max_points),
+        int(cfg.trainer.seed),
+    )

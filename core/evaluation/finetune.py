@@ -1,0 +1,170 @@
+"""Supervised finetuning of a ViT backbone with a linear head, through the engine.
+
+Recipe after MAE / BEiT finetuning (He et al. 2022, ``main_finetune.py`` + ``util/lr_decay.py``): AdamW,
+layer-wise learning-rate decay (the patch embedding and tokens are layer 0, block ``i`` is layer ``i + 1``, the
+final norm and the head are layer ``L + 1``; a parameter of layer ``l`` gets ``decay ** (L + 1 - l)`` times the
+learning rate; default 0.75), no weight decay on norms, biases, tokens and position embeddings, stochastic depth
+rising linearly to ``drop_path`` (default 0.1), head weights ~ N(0, 2e-5). ``train_blocks=n`` trains only the
+last ``n`` blocks, the final norm and the head (``null``: everything). ``balanced=true`` draws every class equally
+often. Training views: random resized crop (scale 0.5-1) + horizontal flip, with the weights' mean/std;
+evaluation views: resize + centre crop. The checkpoint that scores best on the validation split
+(``trainer.monitor``, default balanced accuracy) is the one tested; the test split is never looked at before.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from domainfm.data.transforms import ImageTransform, RandomView
+from domainfm.engine.optim import param_groups
+from domainfm.engine.runtime import autocast, resolve_workers
+from domainfm.engine.trainer import RunSummary, TrainerConfig
+from domainfm.errors import ConfigError
+from domainfm.evaluation.datasets import ImageList, LabeledSet
+from domainfm.evaluation.features import Preprocess, pool_tokens
+from domainfm.evaluation.training import class_balance_weights, fit_best, validation_scores
+from domainfm.methods.base import Method, StepContext
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+def layer_id(name: str, num_blocks: int) -> int:
+    """BEiT/MAE layer index of a backbone parameter name (``num_blocks + 1`` for everything after the blocks)."""
+    if name.startswith(("cls_token", "pos_embed", "reg_token", "patch_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_blocks + 1
+
+
+def set_drop_path(backbone: nn.Module, rate: float) -> None:
+    """Stochastic depth rising linearly from 0 to ``rate`` over the blocks (timm's rule)."""
+    from timm.layers import DropPath
+
+    blocks = list(backbone.blocks)
+    for rate_i, block in zip(np.linspace(0.0, rate, len(blocks)), blocks):
+        for attr in ("drop_path1", "drop_path2"):
+            if hasattr(block, attr):
+                setattr(block, attr, DropPath(float(rate_i)) if rate_i > 0 else nn.Identity())
+
+
+class Classifier(Method):
+    """``backbone`` -> pooled tokens (``cls``, ``mean`` or ``both``) -> linear ``head``; cross-entropy loss."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        n_classes: int,
+        pooling: str = "cls",
+        layer_decay: float = 0.75,
+        train_blocks: int | None = None,
+        drop_path: float = 0.1,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling, self.layer_decay, self.label_smoothing = pooling, layer_decay, label_smoothing
+        dim = backbone.num_features * (2 if pooling == "both" else 1)
+        self.head = nn.Linear(dim, n_classes)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)
+        nn.init.zeros_(self.head.bias)
+        if drop_path:
+            set_drop_path(backbone, drop_path)
+        self.num_blocks = len(backbone.blocks)
+        if train_blocks is not None:
+            if not 0 <= train_blocks <= self.num_blocks:
+                raise ConfigError(f"train_blocks={train_blocks}; the backbone has {self.num_blocks} blocks")
+            first = self.num_blocks - train_blocks + 1  # first trainable layer id
+            for name, p in backbone.named_parameters():
+                p.requires_grad_(layer_id(name, self.num_blocks) >= first)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.backbone.forward_features(images)
+        return self.head(pool_tokens(tokens, int(self.backbone.num_prefix_tokens), self.pooling))
+
+    def forward(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
+        logits = self.logits(batch["image"])
+        return {"loss": F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.label_smoothing)}
+
+    def optim_groups(self) -> list[dict]:
+        """The engine's decay / no-decay groups, split by layer with ``lr_scale = decay ** (L + 1 - layer)``."""
+        top = self.num_blocks + 1
+        layer = {
+            id(p): layer_id(n.removeprefix("backbone."), self.num_blocks) if n.startswith("backbone.") else top
+            for n, p in self.named_parameters()
+        }
+        groups = []
+        for group in param_groups(self, self.no_weight_decay()):
+            by_layer: dict[int, list[nn.Parameter]] = defaultdict(list)
+            for p in group["params"]:
+                by_layer[layer[id(p)]].append(p)
+            for lid, params in sorted(by_layer.items()):
+                scale = self.layer_decay ** (top - lid)
+                groups.append({"params": params, "wd_scale": group["wd_scale"], "lr_scale": scale, "layer": lid})
+        return groups
+
+
+@torch.no_grad()
+def predict_images(
+    method: Classifier, dataset: Dataset, batch_size: int = 64, num_workers: int | str = 0, precision: str = "fp32"
+) -> np.ndarray:
+    """Class probabilities of every sample of ``dataset`` (in order), in eval mode."""
+    was_training = method.training
+    method.eval()
+    device = next(method.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=resolve_workers(num_workers, device))
+    out = []
+    with autocast(device, precision):
+        for batch in loader:
+            out.append(method.logits(batch["image"].to(device)).float().softmax(-1).cpu().numpy())
+    method.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, method.head.out_features))
+
+
+def finetune(
+    backbone: nn.Module,
+    preprocess: Preprocess,
+    data: LabeledSet,
+    run_dir,
+    cfg: TrainerConfig,
+    channels: int | None = None,
+    pooling: str = "cls",
+    layer_decay: float = 0.75,
+    train_blocks: int | None = None,
+    drop_path: float = 0.1,
+    label_smoothing: float = 0.0,
+    balanced: bool = False,
+    crop_scale: Sequence[float] = (0.5, 1.0),
+    hflip: float = 0.5,
+    vflip: float = 0.0,
+) -> tuple[Classifier, RunSummary, int]:
+    """Finetune on ``data``'s train split, validating on its val split; returns the classifier with the best
+    validation state loaded, the run summary and the best step."""
+    n_classes = len(data.classes)
+    train, val = data.select("train"), data.select("val")
+    channels = channels or preprocess.in_chans
+    torch.manual_seed(cfg.seed)
+    method = Classifier(backbone, n_classes, pooling, layer_decay, train_blocks, drop_path, label_smoothing)
+    view = RandomView(preprocess.size, preprocess.mean, preprocess.std, scale=crop_scale, hflip=hflip, vflip=vflip)
+    val_set = ImageList.of(val, channels, view=preprocess.view())
+
+    def validate(m: Classifier) -> dict[str, float]:
+        return validation_scores(val.labels, predict_images(m, val_set, cfg.batch_size, cfg.num_workers))
+
+    weights = class_balance_weights(train.labels, n_classes) if balanced else None
+    summary, best = fit_best(
+        method,
+        ImageList.of(train, channels),
+        run_dir,
+        cfg,
+        validate,
+        transform=ImageTransform(view),
+        sample_weights=weights,
+        desc="finetune",
+    )
+    return method, summary, best
