@@ -17,6 +17,7 @@ import argparse
 import copy
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def run_domainfm(method: str, steps: int, batch: int, out: Path) -> dict:
     if method == "dinov2":
         common += ["data.transform.photometric=null", "data.transform.local_size=32"]
     cfg = compose_config("pretrain", common)
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resume
     t = time.perf_counter()
     summary = pretrain.run(cfg)
     summary["wall_s"] = time.perf_counter() - t
@@ -145,7 +147,10 @@ def run_lightly_dinov2(steps: int, batch: int, lr: float) -> tuple:
     vit = _backbone()
     student = MaskedVisionTransformerTIMM(vit=vit, antialias=False, pos_embed_initialization="skip")
     head = DINOv2ProjectionHead(input_dim=192, hidden_dim=1024, bottleneck_dim=256, output_dim=4096)
-    teacher, t_head = copy.deepcopy(student), copy.deepcopy(head)
+    teacher = copy.deepcopy(student)
+    # lightly's head uses the old weight_norm, which deepcopy refuses: build a second head, copy the weights
+    t_head = DINOv2ProjectionHead(input_dim=192, hidden_dim=1024, bottleneck_dim=256, output_dim=4096)
+    t_head.load_state_dict(head.state_dict())
     for p in list(teacher.parameters()) + list(t_head.parameters()):
         p.requires_grad = False
     dino, ibot, koleo = DINOLoss(output_dim=4096), IBOTPatchLoss(output_dim=4096), KoLeoLoss()
@@ -160,7 +165,7 @@ def run_lightly_dinov2(steps: int, batch: int, lr: float) -> tuple:
         g = torch.cat(b["global_crops"])
         loc = torch.cat(b["local_crops"])
         B = g.shape[0]
-        block = random_block_mask(size=(B, grid, grid))
+        block = random_block_mask(size=(B, grid, grid), min_num_masks_per_block=1)  # 4 x 4 grid: blocks of >= 1
         mask = g.new_zeros((B, student.sequence_length), dtype=torch.bool)
         mask[:, 1:] = block.flatten(1)
         temp = linear_warmup_schedule(step=step, warmup_steps=int(0.3 * steps), start_value=0.04, end_value=0.07)
