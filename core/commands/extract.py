@@ -30,6 +30,10 @@ def run(cfg: DictConfig) -> Path:
     sources = backbone_sources(cfg)
     if len(sources) != 1:
         raise ConfigError(f"extract takes one backbone, got {len(sources)}; run it once per backbone")
+    if cfg.data.get("coords"):  # whole-slide images tiled by `domainfm tile`: one .h5 per slide
+        from domainfm.commands.extract_slides import run_slides
+
+        return run_slides(cfg, sources[0])
     data = _dataset(cfg)
     paths = data.paths if isinstance(data, LabeledSet) else data
     model, preprocess = load_eval_backbone(sources[0], arch=cfg.get("arch"), in_chans=cfg.get("in_chans"))

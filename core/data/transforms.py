@@ -51,9 +51,10 @@ class Normalize:
         self.std = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        if image.shape[0] != self.mean.shape[0]:
-            raise ValueError(f"image has {image.shape[0]} channels, normalisation expects {self.mean.shape[0]}")
-        return (image - self.mean) / self.std
+        """``C x H x W`` or a batch ``B x C x H x W``, on any device."""
+        if image.shape[-3] != self.mean.shape[0]:
+            raise ValueError(f"image has {image.shape[-3]} channels, normalisation expects {self.mean.shape[0]}")
+        return (image - self.mean.to(image.device)) / self.std.to(image.device)
 
 
 class ResizeView:

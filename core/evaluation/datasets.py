@@ -8,6 +8,7 @@ alphabetically. CSV paths are relative to ``data.root`` when given, else to the 
 from __future__ import annotations
 
 import csv
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +21,8 @@ from domainfm.data.folder import list_files
 from domainfm.data.images import read_image
 from domainfm.errors import DataError
 from torch.utils.data import Dataset
+
+log = logging.getLogger("domainfm")
 
 SPLITS = ("train", "val", "test")
 
@@ -140,6 +143,11 @@ def grouped_stratified_split(
         n_groups = len(np.unique(groups[rest]))
         if n_groups < folds:
             raise DataError(f"{n_groups} groups are too few for a {fraction:.0%} {name} split; add a split column")
+        largest = int(np.unique(labels[rest], return_counts=True)[1].max())
+        if largest < folds:  # tiny sets: scikit-learn needs a class with at least `folds` members
+            log.warning("classes of at most %d samples: the %s split takes 1/%d of the data instead of %.0f%%",
+                        largest, name, max(2, largest), fraction * 100)
+            folds = max(2, largest)
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "least populated class has only n members"

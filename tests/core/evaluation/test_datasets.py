@@ -92,3 +92,13 @@ def test_csv_errors_name_the_file_and_the_fix(tmp_path, eurosat):
         load_labeled(None, split)
     with pytest.raises(DataError, match="needs one sub-folder per class"):
         load_labeled(eurosat / "Forest")
+
+
+def test_tiny_classes_still_split_stratified():
+    """3 samples per class (the bundled Kather tiles): every split still gets every class."""
+    from domainfm.evaluation.datasets import grouped_stratified_split
+
+    labels = np.repeat(np.arange(8), 3)
+    splits = grouped_stratified_split(labels, None, val=0.15, test=0.2, seed=0)
+    for name in ("train", "val", "test"):
+        assert sorted(set(labels[splits == name])) == list(range(8)), name
