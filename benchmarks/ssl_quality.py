@@ -4,7 +4,7 @@ batch and number of steps), then kNN (k=20, cosine, centred) and a logistic-regr
 against the same backbone at random initialisation and raw pixels. Balanced accuracy and AUROC with 95 % bootstrap
 CIs, and steps/s.
 
-    PYTHONPATH=.bench/lightly .venv/bin/python benchmarks/ssl_quality.py --mae-steps 300 --dinov2-steps 1500
+    PYTHONPATH=.bench/lightly .venv/bin/python benchmarks/ssl_quality.py --mae-steps 1000 --dinov2-steps 1500
     # lightly lives only in the benchmark environment:
     .venv/bin/pip install --target .bench/lightly lightly==1.6.0 --no-deps
 
@@ -50,6 +50,8 @@ def run_domainfm(method: str, steps: int, batch: int, out: Path) -> dict:
         "trainer.checkpoint_every=100000",
         "trainer.progress=false",
     ]
+    if method == "mae":  # plain pixel MSE, as lightly's MAE (norm_pix_loss drops the intensity cues of X-rays)
+        common += ["method.norm_pix_loss=false"]
     if method == "dinov2":
         common += ["data.transform.photometric=null", "data.transform.local_size=32"]
     cfg = compose_config("pretrain", common)
@@ -227,7 +229,7 @@ def evaluate(features: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mae-steps", type=int, default=300)
+    ap.add_argument("--mae-steps", type=int, default=1000)
     ap.add_argument("--dinov2-steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--skip-lightly", action="store_true")
