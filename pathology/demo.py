@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from domainfm.cli import compose_config
 from domainfm.pathology.sample_data import SAMPLE_SLIDE
 from domainfm.pathology.tiling import tile_slides
@@ -17,11 +16,10 @@ from domainfm.sample_data import sample_path
 
 def _random_init_export(run: Path, out: Path) -> Path:
     """The pretrained run's architecture and preprocessing at its seed's initialisation (the baseline)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     from domainfm.engine.export import export_backbone
     from domainfm.engine.runtime import seed_everything
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(run / "config.yaml")
     seed_everything(int(cfg.trainer.seed))
@@ -41,17 +39,35 @@ def main(out: str | Path = "runs/demo", steps: int = 60) -> dict:
 
     print(f"\n[2/3] pretraining pathology/uni_tiny (DINOv2 on the tissue tiles) for {steps} steps", flush=True)
     run = out / "uni_tiny"
-    pretrain.run(compose_config("pretrain", [
-        "recipe=pathology/uni_tiny", f"data.root={SAMPLE_SLIDE}", f"data.coords={out / 'tiles' / 'patches'}",
-        f"run_dir={run}", f"trainer.max_steps={steps}", f"trainer.checkpoint_every={steps}",
-    ]))
+    pretrain.run(
+        compose_config(
+            "pretrain",
+            [
+                "recipe=pathology/uni_tiny",
+                f"data.root={SAMPLE_SLIDE}",
+                f"data.coords={out / 'tiles' / 'patches'}",
+                f"run_dir={run}",
+                f"trainer.max_steps={steps}",
+                f"trainer.checkpoint_every={steps}",
+            ],
+        )
+    )
     baseline = _random_init_export(run, out / "random_init" / "export")
 
     print("\n[3/3] kNN and linear probe on the bundled Kather 2016 tiles (8 classes x 3 tiles)", flush=True)
-    evaluate.run(compose_config("evaluate", [
-        f"backbone=[{run},{baseline}]", f"data.root={sample_path('kather2016_tiles')}", "protocol=[knn,linear]",
-        "linear.grid=false", f"run_dir={out / 'evaluate'}", "knn.k=5",
-    ]))
+    evaluate.run(
+        compose_config(
+            "evaluate",
+            [
+                f"backbone=[{run},{baseline}]",
+                f"data.root={sample_path('kather2016_tiles')}",
+                "protocol=[knn,linear]",
+                "linear.grid=false",
+                f"run_dir={out / 'evaluate'}",
+                "knn.k=5",
+            ],
+        )
+    )
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
     print(f"  tiling overlay   {out / 'tiles' / 'overlays' / (SAMPLE_SLIDE.stem + '.png')}")
     print(f"  tissue contours  {out / 'tiles' / 'contours_geojson' / (SAMPLE_SLIDE.stem + '.geojson')} (QuPath)")

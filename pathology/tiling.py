@@ -28,6 +28,7 @@ from domainfm.pathology.h5io import atomic_output, changed_keys, read_coords, re
 from domainfm.pathology.overlay import MAX_SIDE, draw_overlay
 from domainfm.pathology.slide import SLIDE_EXTENSIONS, Slide, open_slide, slide_name
 from domainfm.pathology.tissue import TissueParams, detect_tissue, mask_to_polygons, rasterize, tile_tissue_fraction
+from domainfm.reports.text import skipped_lines
 from PIL import Image
 
 
@@ -127,11 +128,7 @@ class TilingSummary:
         ]
         if self.no_tissue:
             lines.append(f"no tissue      {len(self.no_tissue)}: {', '.join(self.no_tissue[:10])}")
-        lines.append(f"skipped files  {len(self.failed)}")
-        lines += [f"  - {r.error}" for r in self.failed[:20]]
-        if len(self.failed) > 20:
-            lines.append(f"  ... and {len(self.failed) - 20} more (see summary.json)")
-        return "\n".join(lines)
+        return "\n".join(lines + skipped_lines([r.error for r in self.failed]))
 
 
 # ---------------------------------------------------------------------------------------------- finding slides

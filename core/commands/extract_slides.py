@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
-from torch import nn
-
 from domainfm.engine.runtime import resolve_device, resolve_workers
 from domainfm.errors import DataError
 from domainfm.evaluation.features import load_eval_backbone, pool_tokens
+from omegaconf import DictConfig
+from torch import nn
 
 
 class PooledBackbone(nn.Module):

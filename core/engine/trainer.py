@@ -22,6 +22,7 @@ from domainfm.engine.schedules import CosineSchedule
 from domainfm.engine.strategy import Strategy
 from domainfm.errors import ConfigError, NonFiniteLossError
 from domainfm.methods.base import Method, StepContext
+from domainfm.reports.text import skipped_lines
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -108,11 +109,7 @@ class RunSummary:
             lines.append("stopped early  (no improvement on validation)")
         if self.nonfinite_steps_skipped:
             lines.append(f"non-finite     {self.nonfinite_steps_skipped} steps skipped")
-        lines.append(f"skipped files  {len(self.skipped_files)}")
-        lines += [f"  - {s}" for s in self.skipped_files[:20]]
-        if len(self.skipped_files) > 20:
-            lines.append(f"  ... and {len(self.skipped_files) - 20} more (see summary.json)")
-        return "\n".join(lines)
+        return "\n".join(lines + skipped_lines(self.skipped_files))
 
 
 class Trainer:

@@ -145,8 +145,13 @@ def grouped_stratified_split(
             raise DataError(f"{n_groups} groups are too few for a {fraction:.0%} {name} split; add a split column")
         largest = int(np.unique(labels[rest], return_counts=True)[1].max())
         if largest < folds:  # tiny sets: scikit-learn needs a class with at least `folds` members
-            log.warning("classes of at most %d samples: the %s split takes 1/%d of the data instead of %.0f%%",
-                        largest, name, max(2, largest), fraction * 100)
+            log.warning(
+                "classes of at most %d samples: the %s split takes 1/%d of the data instead of %.0f%%",
+                largest,
+                name,
+                max(2, largest),
+                fraction * 100,
+            )
             folds = max(2, largest)
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         with warnings.catch_warnings():

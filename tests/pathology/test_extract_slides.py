@@ -4,7 +4,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from domainfm.backbones.vit import create_vit
 from domainfm.cli import compose_config
 from domainfm.commands import extract
@@ -36,8 +35,17 @@ def test_extract_writes_features_of_every_tile(tmp_path, tiled):
     slide, coords = tiled
     vit = _export(tmp_path, mpp=0.5)
     out = tmp_path / "features"
-    cfg = compose_config("extract", [f"backbone={tmp_path / 'export'}", f"data.root={slide}",
-                                     f"data.coords={coords}", f"out={out}", "progress=false", "data.num_workers=0"])
+    cfg = compose_config(
+        "extract",
+        [
+            f"backbone={tmp_path / 'export'}",
+            f"data.root={slide}",
+            f"data.coords={coords}",
+            f"out={out}",
+            "progress=false",
+            "data.num_workers=0",
+        ],
+    )
     extract.run(cfg)
     with h5py.File(out / "CMU-1-Small-Region.h5") as f:
         feats, xy = f["features"][:], f["coords"][:]
@@ -57,7 +65,15 @@ def test_extract_writes_features_of_every_tile(tmp_path, tiled):
 def test_weights_of_another_resolution_are_refused(tmp_path, tiled):
     slide, coords = tiled
     _export(tmp_path, mpp=0.25)
-    cfg = compose_config("extract", [f"backbone={tmp_path / 'export'}", f"data.root={slide}",
-                                     f"data.coords={coords}", f"out={tmp_path / 'f'}", "progress=false"])
+    cfg = compose_config(
+        "extract",
+        [
+            f"backbone={tmp_path / 'export'}",
+            f"data.root={slide}",
+            f"data.coords={coords}",
+            f"out={tmp_path / 'f'}",
+            "progress=false",
+        ],
+    )
     with pytest.raises(DataError, match=r"trained on tiles at 0.25 um/px but .* tiles at 0.5 um/px"):
         extract.run(cfg)
