@@ -21,9 +21,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=10 tests
 
-bench: $(STAMP)
+# the slow checks and every benchmark (about 2 hours on 2 CPU cores; each script also runs on its own)
+bench: $(STAMP) .bench/lightly
 	$(BIN)/python -m pytest -q -m slow tests
 	$(BIN)/python benchmarks/engine_overhead.py
+	$(BIN)/python benchmarks/tiling.py
+	PYTHONPATH=.bench/lightly $(BIN)/python benchmarks/ssl_quality.py
+	$(BIN)/python benchmarks/label_efficiency.py
+
+.bench/lightly: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --target .bench/lightly lightly==1.6.0 --no-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
