@@ -195,3 +195,24 @@ def test_load_hf_hub_id_and_timm_name_from_local_cache(tmp_path, monkeypatch):
     torch.testing.assert_close(hub.pos_embed, vit.pos_embed)
     named = load_backbone("timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", img_size=32)
     torch.testing.assert_close(named.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
+
+
+def test_load_dinov2_style_checkpoint(tmp_path):
+    """Synthetic checkpoint in the facebookresearch/dinov2 layout (mask_token, layer scale, patch 14), as published
+    DINOv2/UNI weights come; timm's converter maps it and the 518 px grid is resampled to 224 px."""
+    torch.manual_seed(0)
+    src = create_vit(img_size=518, patch_size=14, depth=2, init_values=1e-5, dynamic_img_size=False)
+    state = {k: v.clone() for k, v in src.state_dict().items()}
+    state["mask_token"] = torch.zeros(1, 192)
+    torch.save(state, tmp_path / "dinov2_vits14_pretrain.pth")
+    model = load_backbone(
+        tmp_path / "dinov2_vits14_pretrain.pth",
+        arch="vit_tiny_patch16_224",
+        img_size=224,
+        patch_size=14,
+        depth=2,
+        init_values=1e-5,
+    )
+    torch.testing.assert_close(model.blocks[1].ls1.gamma, src.blocks[1].ls1.gamma)
+    assert model.pos_embed.shape == (1, 1 + 16 * 16, 192)
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 192)

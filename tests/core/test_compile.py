@@ -30,8 +30,17 @@ def test_compiled_training_matches_eager(tmp_path):
     for compile_ in (False, True):
         torch.manual_seed(0)
         method = MAE(create_vit(img_size=32, patch_size=8, depth=2), decoder_dim=64, decoder_heads=2)
-        cfg = TrainerConfig(max_steps=3, batch_size=8, num_workers=0, progress=False, tensorboard=False,
-                            compile=compile_, checkpoint_every=100, lr=1e-3, warmup_steps=0)
+        cfg = TrainerConfig(
+            max_steps=3,
+            batch_size=8,
+            num_workers=0,
+            progress=False,
+            tensorboard=False,
+            compile=compile_,
+            checkpoint_every=100,
+            lr=1e-3,
+            warmup_steps=0,
+        )
         Trainer(method, Synthetic(), tmp_path / str(compile_), cfg).fit()
         weights.append(method.backbone.blocks[0].attn.qkv.weight.detach().clone())
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-3, atol=1e-4)
