@@ -3,7 +3,6 @@ under `make bench`)."""
 
 import pytest
 import torch
-
 from domainfm.backbones.vit import create_vit
 from domainfm.engine.trainer import Trainer, TrainerConfig
 from domainfm.methods.mae import MAE
