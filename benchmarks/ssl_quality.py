@@ -4,11 +4,12 @@ batch and number of steps), then kNN (k=20, cosine, centred) and a logistic-regr
 against the same backbone at random initialisation and raw pixels. Balanced accuracy and AUROC with 95 % bootstrap
 CIs, and steps/s.
 
-    PYTHONPATH=.bench/lightly .venv/bin/python benchmarks/ssl_quality.py --mae-steps 1000 --dinov2-steps 1500
+    PYTHONPATH=.bench/lightly .venv/bin/python benchmarks/ssl_quality.py --mae-steps 1000 --dinov2-steps 600
     # lightly lives only in the benchmark environment:
     .venv/bin/pip install --target .bench/lightly lightly==1.6.0 --no-deps
 
-Writes a markdown table to stdout and ``.bench/ssl_quality.json``.
+Writes a markdown table to stdout and ``.bench/ssl_quality/results.json`` (rows of earlier runs of other methods
+are kept, so ``--methods dinov2`` adds to a finished ``--methods mae`` run).
 """
 
 from __future__ import annotations
@@ -230,37 +231,47 @@ def evaluate(features: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mae-steps", type=int, default=1000)
-    ap.add_argument("--dinov2-steps", type=int, default=1500)
+    ap.add_argument("--dinov2-steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--methods", default="mae,dinov2", help="comma-separated subset; rows merge into results.json")
     ap.add_argument("--skip-lightly", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     work = REPO / ".bench" / "ssl_quality"
+    work.mkdir(parents=True, exist_ok=True)
+    results = work / "results.json"
+    saved = json.loads(results.read_text()) if results.exists() else {}
+    rows, speed = saved.get("rows", {}), saved.get("steps_per_s", {})
     splits = {s: _split(s) for s in ("train", "val", "test")}
     labels = {s: y for s, (_, y) in splits.items()}
-    rows, speed = {}, {}
+
+    def save():
+        results.write_text(json.dumps({"rows": rows, "steps_per_s": speed}, indent=2, default=str))
 
     def add(name, vit, pooling):
         rows[name] = evaluate({s: embed(vit, x, pooling) for s, (x, _) in splits.items()}, labels)
+        print(name, {k: round(v["balanced_accuracy"][0], 3) for k, v in rows[name].items()}, flush=True)
+        save()
 
     rows["raw pixels (28x28)"] = evaluate({s: x.reshape(len(x), -1) / 255.0 for s, (x, _) in splits.items()}, labels)
     add("random init ViT-Ti/16 (mean-pool)", _backbone(), "mean")
     add("random init ViT-Ti/16 (cls)", _backbone(), "cls")
-    for method, steps, pooling in (("mae", args.mae_steps, "mean"), ("dinov2", args.dinov2_steps, "cls")):
+    budgets = {"mae": (args.mae_steps, "mean"), "dinov2": (args.dinov2_steps, "cls")}
+    for method in args.methods.split(","):
+        steps, pooling = budgets[method]
+        for key in [k for k in rows if k.startswith((f"domainfm {method},", f"lightly {method},"))]:
+            del rows[key]  # a rerun of this method replaces its earlier rows
         summary = run_domainfm(method, steps, args.batch, work / method)
         from domainfm.backbones.loading import load_backbone
 
-        add(f"domainfm {method}, {steps} steps ({pooling})", load_backbone(work / method), pooling)
         speed[f"domainfm {method}"] = summary["steps_per_s"]
+        add(f"domainfm {method}, {steps} steps ({pooling})", load_backbone(work / method), pooling)
         if not args.skip_lightly:
             if method == "mae":
                 vit, rate, _ = run_lightly_mae(steps, args.batch, lr=1.5e-3, wd=0.05)
             else:
                 vit, rate, _ = run_lightly_dinov2(steps, args.batch, lr=5e-4)
-            add(f"lightly {method}, {steps} steps ({pooling})", vit, pooling)
             speed[f"lightly {method}"] = rate
-    (work / "results.json").parent.mkdir(parents=True, exist_ok=True)
-    (work / "results.json").write_text(json.dumps({"rows": rows, "steps_per_s": speed}, indent=2, default=str))
+            add(f"lightly {method}, {steps} steps ({pooling})", vit, pooling)
 
     def cell(v):
         value, ci = v

@@ -1,10 +1,16 @@
 """``domainfm evaluate protocol=<knn|linear|fewshot|abmil|all> backbone=<...|[a,b]> data.root=<...>``:
-frozen-backbone protocols, one side-by-side table for several backbones."""
+frozen-backbone protocols, one side-by-side table for several backbones.
+
+``domainfm evaluate protocol=abmil features=<dir> data.csv=<slides.csv>``: ABMIL on bags that are already
+extracted, one ``.h5`` per slide (``domainfm extract`` on slides); the CSV's ``path`` column names each file
+relative to ``features``, ``group`` (patient) keeps a patient's slides in one split."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from domainfm.commands.common import output_dir, write_config
@@ -16,9 +22,11 @@ from domainfm.commands.labeled import (
     labeled_data,
     open_backbone,
 )
+from domainfm.errors import ConfigError, DataError
+from domainfm.evaluation.abmil import bags_by_split, read_bag_files
 from domainfm.evaluation.datasets import ImageList
 from domainfm.evaluation.features import fingerprint
-from domainfm.evaluation.protocols import check_protocols, run_protocols
+from domainfm.evaluation.protocols import abmil_on_bags, check_protocols, run_protocols
 from domainfm.evaluation.report import plot_embedding, plot_result, render_summary, write_results
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,6 +36,8 @@ log = logging.getLogger("domainfm")
 def run(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     protocols = check_protocols(as_list(cfg.protocol))
+    if cfg.get("features"):
+        return run_on_bag_files(cfg, out, protocols)
     sources = backbone_sources(cfg)
     write_config(cfg, out)
     data = labeled_data(cfg, out)
@@ -73,3 +83,51 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(summary, flush=True)
     print(f"results: {out / 'results.json'}, {out / 'summary.md'}, splits: {out / 'splits.csv'}")
     return {name: [r.to_dict() for r in rs] for name, rs in results.items()}
+
+
+def run_on_bag_files(cfg: DictConfig, out: Path, protocols: list[str]) -> dict[str, Any]:
+    """ABMIL on per-slide feature files listed in ``data.csv`` (``path`` relative to ``features``)."""
+    if protocols != ["abmil"]:
+        raise ConfigError(f"features={cfg.features} holds one bag per slide: run it with protocol=abmil")
+    if not cfg.data.get("csv"):
+        raise ConfigError("features= needs data.csv=<csv with path,label[,split][,group]>, one row per slide file")
+    if cfg.data.get("root"):
+        raise ConfigError("with features=, data.csv paths are relative to the features folder: drop data.root")
+    cfg.data.root = cfg.features
+    write_config(cfg, out)
+    data = labeled_data(cfg, out)
+    bags, skipped = read_bag_files(list(data.paths))
+    keep = [i for i, b in enumerate(bags) if b is not None]
+    if skipped:
+        log.warning("%d of %d bag files skipped: %s", len(skipped), len(bags), "; ".join(skipped))
+    if not keep:
+        raise DataError(f"features={cfg.features}: none of the {len(bags)} files listed in {cfg.data.csv} is readable")
+    names = [data.ids[i] for i in keep]
+    by_split = bags_by_split(names, [bags[i] for i in keep], data.labels[keep], data.splits[keep])
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    boot = {"n_boot": int(cfg.metrics.bootstrap), "seed": int(cfg.metrics.seed)}
+    result = abmil_on_bags(by_split, data.classes, settings, out / "abmil", boot, data.source)
+    if cfg.report.plots:
+        plot_result(result, out / "abmil", "abmil")
+    _write_predictions(out / "predictions.csv", by_split["test"][0], result)
+    counts = {s: len(b[0]) for s, b in by_split.items()}
+    dim = by_split["train"][1][0].shape[1]
+    notes = [f"Bags: {cfg.features} ({len(keep)} slides, {dim}-d features, {len(data.classes)} classes, {counts})."]
+    if skipped:
+        notes.append(f"Skipped {len(skipped)} unreadable bag files: " + "; ".join(skipped))
+    name = Path(str(cfg.features)).name
+    summary = render_summary({name: [result]}, "domainfm evaluate (slide features)", notes)
+    info = {"features": str(cfg.features), "classes": data.classes, "splits": counts, "skipped_files": skipped}
+    write_results(out, {name: [result]}, {**info, "config": settings}, summary)
+    print(summary, flush=True)
+    print(f"results: {out / 'results.json'}, {out / 'summary.md'}, predictions: {out / 'predictions.csv'}")
+    return {name: [result.to_dict()]}
+
+
+def _write_predictions(path: Path, names: list[str], result) -> None:
+    """One row per test bag: its file, true label and class probabilities."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "predicted", *[f"p_{c}" for c in result.classes]])
+        for name, y, p in zip(names, result.y_true, result.probs):
+            writer.writerow([name, result.classes[y], result.classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])

@@ -119,6 +119,47 @@ def bags_from_groups(
     return {s: (n, b, np.asarray(y, dtype=np.int64)) for s, (n, b, y) in out.items()}
 
 
+def read_bag_files(paths: list[Path], key: str = "features") -> tuple[list[np.ndarray | None], list[str]]:
+    """Each ``.h5`` file's ``key`` dataset (N, D) (``domainfm extract`` on slides writes one file per slide).
+    Unreadable files, files without ``key`` or with no rows give ``None`` and a ``"<file>: <why>"`` entry."""
+    import h5py
+
+    bags: list[np.ndarray | None] = []
+    skipped: list[str] = []
+    for path in paths:
+        try:
+            with h5py.File(path, "r") as f:
+                if key not in f:
+                    raise ValueError(f"no {key!r} dataset (found {sorted(f)})")
+                bag = np.asarray(f[key][:], dtype=np.float32)
+            if bag.ndim != 2 or len(bag) == 0:
+                raise ValueError(f"{key!r} has shape {bag.shape}; expected (tiles, dim) with tiles > 0")
+        except (OSError, ValueError, KeyError) as e:
+            bags.append(None)
+            skipped.append(f"{path}: {e}")
+            continue
+        bags.append(bag)
+    first_of_size: dict[int, Path] = {}
+    for path, bag in zip(paths, bags):
+        if bag is not None:
+            first_of_size.setdefault(bag.shape[1], path)
+    if len(first_of_size) > 1:
+        (d1, p1), (d2, p2) = list(first_of_size.items())[:2]
+        raise DataError(f"{p1} has {d1}-d features, {p2} {d2}-d: extract every slide with the same backbone")
+    return bags, skipped
+
+
+def bags_by_split(
+    names: list[str], bags: list[np.ndarray], labels: np.ndarray, splits: np.ndarray
+) -> dict[str, tuple[list[str], list[np.ndarray], np.ndarray]]:
+    """``{split: (bag names, bags, bag labels)}`` for bags that already are one per row."""
+    out = {}
+    for s in dict.fromkeys(splits):
+        rows = np.flatnonzero(splits == s)
+        out[str(s)] = ([names[i] for i in rows], [bags[i] for i in rows], np.asarray(labels[rows], dtype=np.int64))
+    return out
+
+
 def train_abmil(
     train: tuple[list[np.ndarray], np.ndarray],
     val: tuple[list[np.ndarray], np.ndarray],

@@ -114,21 +114,32 @@ def _abmil(
             f"protocol=abmil needs bags: add a group column (slide / patient / volume id) to {data.source}"
         )
     bags = bags_from_groups(x[valid], data.labels[valid], data.groups[valid], data.splits[valid])
+    return abmil_on_bags(bags, data.classes, cfg, run_dir, boot, data.source)
+
+
+def abmil_on_bags(
+    bags: Mapping[str, tuple[list[str], list[np.ndarray], np.ndarray]],
+    classes: list[str],
+    cfg: Mapping[str, Any],
+    run_dir: Path,
+    boot: dict,
+    source: str,
+) -> ProtocolResult:
+    """Train ABMIL on the ``train`` bags, select on ``val``, test on ``test`` (``{split: (names, bags, labels)}``)."""
     for s in ("train", "val", "test"):
         if s not in bags:
-            raise DataError(f"{data.source}: no bag (group) in the {s} split")
-    c = dict(cfg["abmil"])
+            raise DataError(f"{source}: no bag in the {s} split")
     model, info = train_abmil(
         bags["train"][1:],
         bags["val"][1:],
-        len(data.classes),
+        len(classes),
         run_dir,
         seed=int(cfg["seed"]),
         device=cfg["device"],
         progress=bool(cfg["progress"]),
-        **c,
+        **dict(cfg["abmil"]),
     )
     _, test_bags, test_y = bags["test"]
     probs, _ = model.predict(test_bags)
     details = {"selected": f"step {info['best_step']}", "bags": {s: len(b[0]) for s, b in bags.items()}, **info}
-    return ProtocolResult.from_predictions("abmil", data.classes, test_y, probs, details=details, **boot)
+    return ProtocolResult.from_predictions("abmil", classes, test_y, probs, details=details, **boot)

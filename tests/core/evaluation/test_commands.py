@@ -6,6 +6,7 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 from domainfm.backbones.loading import load_backbone
 from domainfm.evaluation.features import load_features
 from domainfm.evaluation.knn import knn_predict
@@ -131,3 +132,54 @@ def test_finetune_reports_test_metrics_of_best_checkpoint_and_exports(tmp_path, 
         assert (out / "report" / name).exists()
     model = load_backbone(out / "export")
     assert len(model.blocks) == 2 and tuple(model.pretrained_cfg["input_size"]) == (3, 32, 32)
+
+
+def _slide_bags(folder, n_slides: int = 40, dim: int = 16, seed: int = 0) -> list[tuple[str, str, str]]:
+    """Synthetic per-slide feature files (no labeled slide set is available): Gaussian tiles; a 'tumor' slide has
+    3-6 tiles shifted by +3 in the first 4 dimensions. Two slides per patient, one label per patient."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_slides):
+        patient = i // 2
+        label = "tumor" if patient % 2 else "normal"
+        bag = rng.normal(size=(int(rng.integers(10, 40)), dim)).astype(np.float32)
+        if label == "tumor":
+            bag[: rng.integers(3, 7), :4] += 3.0
+        with h5py.File(folder / f"slide_{i:02d}.h5", "w") as f:
+            f["features"], f["coords"] = bag, np.zeros((len(bag), 2), dtype=np.int64)
+        rows.append((f"slide_{i:02d}.h5", label, f"patient_{patient:02d}"))
+    return rows
+
+
+def test_abmil_on_per_slide_feature_files(tmp_path, capsys):
+    from domainfm.errors import ConfigError
+
+    feats = tmp_path / "features"
+    feats.mkdir()
+    rows = _slide_bags(feats)
+    (feats / "broken.h5").write_bytes(b"not an h5 file")
+    with h5py.File(feats / "no_features.h5", "w") as f:
+        f["coords"] = np.zeros((3, 2), dtype=np.int64)
+    with (tmp_path / "slides.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "group"), *rows, ("broken.h5", "tumor", "p98")])
+        csv.writer(f).writerow(("no_features.h5", "normal", "p99"))
+    abmil = ["abmil.hidden=32", "abmil.steps=80", "abmil.eval_every=10", "abmil.lr=1e-3", "abmil.dropout=0"]
+    args = [f"features={feats}", f"data.csv={tmp_path / 'slides.csv'}", "protocol=abmil", f"run_dir={tmp_path / 'r'}"]
+    run_in_process("evaluate", [*args, *abmil, *FAST, "report.plots=false"])
+    printed = capsys.readouterr().out
+    assert "Skipped 2 unreadable bag files" in printed and "broken.h5" in printed and "no 'features' dataset" in printed
+    result = json.loads((tmp_path / "r" / "results.json").read_text())["results"]["features"][0]
+    assert result["protocol"] == "abmil" and result["metrics"]["auroc"] > 0.95
+    with (tmp_path / "r" / "splits.csv").open() as f:
+        splits = {r["path"]: r["split"] for r in csv.DictReader(f)}
+    patient_splits = {}
+    for path, _, patient in rows:
+        patient_splits.setdefault(patient, set()).add(splits[path])
+    assert all(len(s) == 1 for s in patient_splits.values())  # a patient's slides never straddle splits
+    with (tmp_path / "r" / "predictions.csv").open() as f:
+        predictions = list(csv.DictReader(f))
+    test_paths = sorted(p for p, s in splits.items() if s == "test" and p not in ("broken.h5", "no_features.h5"))
+    assert sorted(r["path"] for r in predictions) == test_paths and result["n"] == len(test_paths)
+    assert all(abs(float(r["p_normal"]) + float(r["p_tumor"]) - 1) < 1e-4 for r in predictions)
+    with pytest.raises(ConfigError, match="holds one bag per slide: run it with protocol=abmil"):
+        run_in_process("evaluate", [*args[:2], "protocol=knn", f"run_dir={tmp_path / 'r2'}", *FAST])
