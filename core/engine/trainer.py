@@ -180,7 +180,7 @@ class Trainer:
             betas=tuple(cfg.betas),
             extra_no_decay=self.method.no_weight_decay(),
         )
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         torch.manual_seed(cfg.seed + 1_000_003 * (self.rank + 1))  # runtime randomness (dropout, drop-path)
         self._resume()
 

@@ -184,3 +184,82 @@ def test_weighted_sampler_balances_classes():
     drawn = torch.tensor([labels[next(it)[0]] for _ in range(4000)])
     frac = drawn.float().mean().item()
     assert 0.45 < frac < 0.55  # ~50 % minority instead of 10 %
+
+
+class RecordingRegress(Regress):
+    """Least squares that records each batch and the dtype its linear layer computed in."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches, self.dtypes = [], []
+
+    def forward(self, batch, ctx):
+        self.batches.append(batch["image"].clone())
+        out = self.backbone(batch["image"])
+        self.dtypes.append(out.dtype)
+        return {"loss": (out.float() - 1.0).pow(2).mean()}
+
+
+def test_bf16_autocast_on_cpu_computes_in_bf16_and_keeps_fp32_weights(tmp_path):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        method = RecordingRegress()
+        Trainer(method, VectorData(), tmp_path / precision, _cfg(precision=precision, max_steps=4)).fit()
+        runs[precision] = method
+    assert set(runs["bf16"].dtypes) == {torch.bfloat16} and set(runs["fp32"].dtypes) == {torch.float32}
+    assert all(p.dtype == torch.float32 for p in runs["bf16"].parameters())
+    w16, w32 = runs["bf16"].backbone.weight, runs["fp32"].backbone.weight
+    assert torch.allclose(w16, w32, atol=0.05) and not torch.equal(w16, w32)
+
+
+def test_fp16_grad_scaler_skips_overflow_unscales_before_clipping_and_resumes(tmp_path, monkeypatch):
+    """fp16 + GradScaler is a CUDA setting; its logic is the same on CPU (torch has a CPU GradScaler and fp16
+    autocast), so the precision check is bypassed here and the trainer compared with torch's AMP recipe."""
+    import domainfm.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "resolve_precision", lambda name, device: "fp16")
+    real_scaler = torch.amp.GradScaler
+    monkeypatch.setattr(trainer_module.torch.amp, "GradScaler", lambda device: real_scaler(device, 2.0**20))
+    cfg = _cfg(precision="fp16", clip_grad=0.05, min_lr=0.05, weight_decay=0.0, max_steps=8, checkpoint_every=4)
+    torch.manual_seed(0)
+    method = RecordingRegress()
+    trainer = Trainer(method, VectorData(), tmp_path / "full", cfg)
+    start = {k: v.clone() for k, v in method.state_dict().items()}
+    trainer.fit()
+    assert set(method.dtypes) == {torch.float16}
+    final_scale = trainer.scaler.get_scale()
+    assert final_scale < 2.0**20  # the first steps overflowed in fp16 and were skipped
+
+    # torch's documented recipe on the same batches: scale -> backward -> unscale_ -> clip -> step -> update
+    ref = Regress()
+    ref.load_state_dict(start)
+    opt = torch.optim.AdamW(ref.parameters(), lr=0.05, betas=(0.9, 0.95), weight_decay=0.0)
+    scaler = real_scaler("cpu", 2.0**20)
+    skipped = 0
+    for x in method.batches:
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = (ref.backbone(x).float() - 1.0).pow(2).mean()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
+        before = scaler.get_scale()
+        scaler.step(opt)
+        scaler.update()
+        skipped += scaler.get_scale() < before
+        opt.zero_grad(set_to_none=True)
+    assert skipped >= 1 and scaler.get_scale() == final_scale
+    for name, value in ref.state_dict().items():
+        torch.testing.assert_close(method.state_dict()[name], value)
+
+    # the scaler's state is checkpointed: a run resumed from step 4 ends where the uninterrupted one did
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    (tmp_path / "resumed" / "checkpoints" / "step_00000008.pt").unlink()
+    state = torch.load(tmp_path / "resumed" / "checkpoints" / "step_00000004.pt", weights_only=True)
+    assert state["step"] == 4 and state["scaler"]["scale"] < 2.0**20
+    torch.manual_seed(0)
+    resumed = RecordingRegress()
+    again = Trainer(resumed, VectorData(), tmp_path / "resumed", cfg)
+    assert again.fit().resumed_from == 4 and again.scaler.get_scale() == final_scale
+    for name, value in method.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value)
