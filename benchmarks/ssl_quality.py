@@ -258,8 +258,9 @@ def main() -> None:
     budgets = {"mae": (args.mae_steps, "mean"), "dinov2": (args.dinov2_steps, "cls")}
     for method in args.methods.split(","):
         steps, pooling = budgets[method]
-        for key in [k for k in rows if k.startswith((f"domainfm {method},", f"lightly {method},"))]:
-            del rows[key]  # a rerun of this method replaces its earlier rows
+        rerun = (f"domainfm {method},",) + (() if args.skip_lightly else (f"lightly {method},",))
+        for key in [k for k in rows if k.startswith(rerun)]:
+            del rows[key]  # a rerun replaces its earlier rows; --skip-lightly keeps lightly's
         summary = run_domainfm(method, steps, args.batch, work / method)
         from domainfm.backbones.loading import load_backbone
 

@@ -175,4 +175,5 @@ def load_backbone(
         if values and len(values) != chans:
             cfg[key] = [float(sum(values) / len(values))] * chans
     model.pretrained_cfg = cfg
+    model.domainfm_weights = str(source)
     return model

@@ -52,6 +52,7 @@ def create_vit(
         raise TypeError(f"{name} is not a timm VisionTransformer; domainfm's 2D backbones need one")
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
+    model.domainfm_weights = weights  # None = freshly initialised: only then may a method (MAE) re-initialise it
     return model
 
 

@@ -57,6 +57,7 @@ class VisionTransformer3D(nn.Module):
         self.norm_pre, self.patch_drop = nn.Identity(), nn.Identity()
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.grad_checkpointing = False
+        self.domainfm_weights = None  # freshly initialised (see create_vit)
         self._pos: dict[tuple[int, ...], torch.Tensor] = {}
         self.config = dict(
             img_size=list(self.patch_embed.img_size),

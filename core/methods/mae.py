@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+from domainfm.backbones.init import mae_init_
 from domainfm.backbones.masked_vit import MaskedViT
 from domainfm.backbones.pos_embed import sincos_pos_embed
 from domainfm.data.masking import RandomPatchMask
@@ -55,7 +56,11 @@ class MAEDecoder(nn.Module):
 
 
 class MAE(Method):
-    """MAE on 2D images (timm ViT) or volumes (:class:`~domainfm.backbones.vit3d.VisionTransformer3D`)."""
+    """MAE on 2D images (timm ViT) or volumes (:class:`~domainfm.backbones.vit3d.VisionTransformer3D`).
+
+    ``init="mae"`` applies MAE's initialisation (:func:`~domainfm.backbones.init.mae_init_`: Xavier, fixed sin-cos
+    positions) to the decoder and to a freshly created backbone; weights loaded with ``create_vit(weights=...)``
+    are kept. ``init="keep"`` leaves timm's initialisation."""
 
     def __init__(
         self,
@@ -65,8 +70,11 @@ class MAE(Method):
         decoder_depth: int = 2,
         decoder_heads: int = 4,
         norm_pix_loss: bool = True,
+        init: str = "mae",
     ):
         super().__init__()
+        if init not in ("mae", "keep"):
+            raise ValueError(f"init={init!r}: use mae (MAE's initialisation) or keep (the backbone's weights as given)")
         self.encoder = MaskedViT(backbone)
         self.patch_size = tuple(backbone.patch_embed.patch_size)
         self.in_chans = backbone.patch_embed.proj.in_channels
@@ -74,6 +82,10 @@ class MAE(Method):
             backbone.embed_dim, math.prod(self.patch_size) * self.in_chans, decoder_dim, decoder_depth, decoder_heads
         )
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        if init == "mae":
+            mae_init_(self.decoder)
+            if getattr(backbone, "domainfm_weights", "") is None:  # fresh from create_vit / the 3D ViT, not loaded
+                mae_init_(backbone)
 
     @property
     def backbone(self) -> VisionTransformer:

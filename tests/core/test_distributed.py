@@ -56,7 +56,15 @@ def _two(run_dir, cwd, strategy):
 def _assert_same(a, b):
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+        x, y = a[k], b[k]
+        if k.endswith("attn.qkv.bias"):
+            # The key bias gets no gradient (it adds q.b_k to every logit of a query; softmax ignores that), so
+            # from MAE's zero init it only moves by Adam-normalised rounding noise, which depends on the reduction
+            # order: it must stay at noise level; the query and value biases must match.
+            q, kb, v = x.chunk(3)
+            assert kb.abs().max() < 1e-4 and y.chunk(3)[1].abs().max() < 1e-4
+            x, y = torch.cat([q, v]), torch.cat([y.chunk(3)[0], y.chunk(3)[2]])
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=k)
 
 
 @pytest.fixture(scope="module")

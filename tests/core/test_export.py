@@ -58,5 +58,6 @@ def test_export_command_rewrites_from_checkpoint(tmp_path):
     assert out.returncode == 0, out.stderr
     model = timm.create_model(f"local-dir:{tmp_path / 'step1'}", pretrained=True)
     ckpt = torch.load(first, weights_only=True)
-    assert torch.equal(model.pos_embed, ckpt["model"]["encoder.vit.pos_embed"])
-    assert not torch.equal(model.pos_embed, load_file(run / "export" / "model.safetensors")["pos_embed"])
+    weight = model.patch_embed.proj.weight
+    assert torch.equal(weight, ckpt["model"]["encoder.vit.patch_embed.proj.weight"])
+    assert not torch.equal(weight, load_file(run / "export" / "model.safetensors")["patch_embed.proj.weight"])

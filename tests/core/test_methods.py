@@ -110,3 +110,45 @@ def test_simclr_mocov3_simmim_clip_train_one_step():
     out["loss"].backward()
     assert clip.logits.logit_scale.grad is not None
     assert out["logit_scale"].item() == pytest.approx(1 / 0.07, rel=1e-4)
+
+
+def test_mae_initialisation_of_fresh_backbones_only(tmp_path):
+    import math
+
+    import numpy as np
+    from domainfm.backbones.pos_embed import sincos_pos_embed
+    from domainfm.engine.export import export_backbone
+    from domainfm.methods.mae import MAE
+
+    vit = _vit()
+    mae = MAE(vit, decoder_dim=32, decoder_depth=1)
+    # fixed 2D sin-cos positions (MAE's get_2d_sincos_pos_embed, cls position zero), not trained
+    assert not vit.pos_embed.requires_grad
+    torch.testing.assert_close(vit.pos_embed[0, 0], torch.zeros(192))
+    grid = np.arange(4, dtype=np.float64)
+    omega = 1.0 / 10000 ** (np.arange(48) / 48.0)
+    w, h = np.meshgrid(grid, grid)  # MAE's order: the first half embeds the column (w), the second the row (h)
+    expected = np.concatenate([np.sin(np.outer(w.ravel(), omega)), np.cos(np.outer(w.ravel(), omega))], axis=1)
+    expected = np.concatenate(
+        [expected, np.sin(np.outer(h.ravel(), omega)), np.cos(np.outer(h.ravel(), omega))], axis=1
+    )
+    torch.testing.assert_close(vit.pos_embed[0, 1:], torch.tensor(expected, dtype=torch.float32))
+    torch.testing.assert_close(vit.pos_embed[0, 1:], sincos_pos_embed((4, 4), 192))
+    # Xavier-uniform linears with zero bias (std sqrt(2 / (fan_in + fan_out))), patch embedding as a linear layer
+    qkv = vit.blocks[0].attn.qkv
+    assert abs(qkv.weight.std().item() / math.sqrt(2 / (192 + 576)) - 1) < 0.05 and not qkv.bias.any()
+    proj = vit.patch_embed.proj.weight
+    assert proj.abs().max() <= math.sqrt(6 / (3 * 64 + 192)) and abs(proj.std().item() / math.sqrt(2 / 384) - 1) < 0.05
+    assert abs(mae.decoder.pred.weight.std().item() / math.sqrt(2 / (32 + 192)) - 1) < 0.1
+    # loaded weights are kept
+    export_backbone(
+        _vit(), tmp_path / "export", {"in_chans": 3, "img_size": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3}
+    )
+    loaded = create_vit(img_size=32, patch_size=8, depth=1, weights=str(tmp_path / "export"))
+    before = copy.deepcopy(loaded.state_dict())
+    MAE(loaded, decoder_dim=32, decoder_depth=1)
+    assert all(torch.equal(before[k], v) for k, v in loaded.state_dict().items()) and loaded.pos_embed.requires_grad
+    kept = _vit()
+    before = copy.deepcopy(kept.state_dict())
+    MAE(kept, init="keep", decoder_dim=32, decoder_depth=1)
+    assert all(torch.equal(before[k], v) for k, v in kept.state_dict().items())
