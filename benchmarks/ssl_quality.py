@@ -5,6 +5,7 @@ against the same backbone at random initialisation and raw pixels. Balanced accu
 CIs, and steps/s.
 
     PYTHONPATH=.bench/lightly .venv/bin/python benchmarks/ssl_quality.py --mae-steps 1000 --dinov2-steps 600
+    PYTHONPATH=.bench/lightly .venv/bin/python benchmarks/ssl_quality.py --speed 60 --methods dinov2  # timing only
     # lightly lives only in the benchmark environment:
     .venv/bin/pip install --target .bench/lightly lightly==1.6.0 --no-deps
 
@@ -228,6 +229,21 @@ def evaluate(features: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> 
     return out
 
 
+def speed_only(args) -> None:
+    """steps/s of domainfm and lightly, alternating, ``args.rounds`` times per method (no evaluation)."""
+    work = REPO / ".bench" / "ssl_quality_speed"
+    for method in args.methods.split(","):
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            ours.append(run_domainfm(method, args.speed, args.batch, work / method)["steps_per_s"])
+            if method == "mae":
+                theirs.append(run_lightly_mae(args.speed, args.batch, lr=1.5e-3, wd=0.05)[1])
+            else:
+                theirs.append(run_lightly_dinov2(args.speed, args.batch, lr=5e-4)[1])
+        ratio = [a / b for a, b in zip(ours, theirs)]
+        print(f"{method}: domainfm {ours} steps/s, lightly {theirs} steps/s, ratios {[round(r, 3) for r in ratio]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mae-steps", type=int, default=1000)
@@ -235,7 +251,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--methods", default="mae,dinov2", help="comma-separated subset; rows merge into results.json")
     ap.add_argument("--skip-lightly", action="store_true")
+    ap.add_argument("--speed", type=int, metavar="STEPS", help="only time STEPS steps of each, in --rounds rounds")
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    if args.speed:
+        return speed_only(args)
     work = REPO / ".bench" / "ssl_quality"
     work.mkdir(parents=True, exist_ok=True)
     results = work / "results.json"
