@@ -61,13 +61,14 @@ class ABMIL(Method):
         return {"loss": F.cross_entropy(logits, batch["label"])}
 
     @torch.no_grad()
-    def predict(self, bags: list[np.ndarray], batch_size: int = 16) -> tuple[np.ndarray, list[np.ndarray]]:
+    def predict(self, bags: list, batch_size: int = 16) -> tuple[np.ndarray, list[np.ndarray]]:
         """Class probabilities ``(B, K)`` and each bag's attention ``(heads, N_i)``."""
         self.eval()
         device = next(self.parameters()).device
         probs, attention = [], []
         for i in range(0, len(bags), batch_size):
-            batch = collate_bags([{"image": torch.as_tensor(b), "label": 0} for b in bags[i : i + batch_size]])
+            chunk = [torch.as_tensor(np.asarray(b), dtype=torch.float32) for b in bags[i : i + batch_size]]
+            batch = collate_bags([{"image": b, "label": 0} for b in chunk])
             logits, att = self.model(batch["image"].to(device), batch["mask"].to(device))
             probs.append(logits.float().softmax(-1).cpu().numpy())
             attention += [a[:, : len(b)].cpu().numpy() for a, b in zip(att, bags[i : i + batch_size])]
@@ -75,17 +76,35 @@ class ABMIL(Method):
 
 
 class BagSet(Dataset):
-    """Bags ``(N_i, D)`` with one label each, as samples ``{"image": (N_i, D), "label": int}``."""
+    """Bags ``(N_i, D)`` with one label each, as samples ``{"image": (N_i, D), "label": int}``. A bag is an array
+    or anything ``np.asarray`` reads (an :class:`H5Bag` is read from its file each time it is drawn)."""
 
-    def __init__(self, bags: list[np.ndarray], labels: np.ndarray):
-        self.bags = [torch.as_tensor(np.asarray(b), dtype=torch.float32) for b in bags]
+    def __init__(self, bags: list, labels: np.ndarray):
+        self.bags = list(bags)
         self.labels = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.bags)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.bags[i], "label": int(self.labels[i])}
+        return {"image": torch.as_tensor(np.asarray(self.bags[i]), dtype=torch.float32), "label": int(self.labels[i])}
+
+
+class H5Bag:
+    """One slide's ``(N, D)`` features in an ``.h5`` file, read when used (``np.asarray``), so a slide archive
+    need not fit in memory (as CLAM, which reads each bag from disk per step)."""
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, int]):
+        self.path, self.key, self.shape = Path(path), key, tuple(shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            return np.asarray(f[self.key][:], dtype=dtype or np.float32)
 
 
 def collate_bags(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,26 +138,27 @@ def bags_from_groups(
     return {s: (n, b, np.asarray(y, dtype=np.int64)) for s, (n, b, y) in out.items()}
 
 
-def read_bag_files(paths: list[Path], key: str = "features") -> tuple[list[np.ndarray | None], list[str]]:
-    """Each ``.h5`` file's ``key`` dataset (N, D) (``domainfm extract`` on slides writes one file per slide).
-    Unreadable files, files without ``key`` or with no rows give ``None`` and a ``"<file>: <why>"`` entry."""
+def read_bag_files(paths: list[Path], key: str = "features") -> tuple[list[H5Bag | None], list[str]]:
+    """An :class:`H5Bag` per ``.h5`` file's ``key`` dataset (N, D) (``domainfm extract`` on slides writes one file
+    per slide), checked but not loaded. Unreadable files, files without ``key`` or with no rows give ``None`` and a
+    ``"<file>: <why>"`` entry."""
     import h5py
 
-    bags: list[np.ndarray | None] = []
+    bags: list[H5Bag | None] = []
     skipped: list[str] = []
     for path in paths:
         try:
             with h5py.File(path, "r") as f:
                 if key not in f:
                     raise ValueError(f"no {key!r} dataset (found {sorted(f)})")
-                bag = np.asarray(f[key][:], dtype=np.float32)
-            if bag.ndim != 2 or len(bag) == 0:
-                raise ValueError(f"{key!r} has shape {bag.shape}; expected (tiles, dim) with tiles > 0")
+                shape = f[key].shape
+            if len(shape) != 2 or shape[0] == 0:
+                raise ValueError(f"{key!r} has shape {shape}; expected (tiles, dim) with tiles > 0")
         except (OSError, ValueError, KeyError) as e:
             bags.append(None)
             skipped.append(f"{path}: {e}")
             continue
-        bags.append(bag)
+        bags.append(H5Bag(path, key, shape))
     first_of_size: dict[int, Path] = {}
     for path, bag in zip(paths, bags):
         if bag is not None:

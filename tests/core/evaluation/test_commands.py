@@ -181,5 +181,13 @@ def test_abmil_on_per_slide_feature_files(tmp_path, capsys):
     test_paths = sorted(p for p, s in splits.items() if s == "test" and p not in ("broken.h5", "no_features.h5"))
     assert sorted(r["path"] for r in predictions) == test_paths and result["n"] == len(test_paths)
     assert all(abs(float(r["p_normal"]) + float(r["p_tumor"]) - 1) < 1e-4 for r in predictions)
+    # bags are read from their files when drawn, not held in memory
+    from domainfm.evaluation.abmil import H5Bag, read_bag_files
+
+    bags, skipped = read_bag_files([feats / "slide_00.h5", feats / "broken.h5"])
+    assert isinstance(bags[0], H5Bag) and bags[1] is None and len(skipped) == 1
+    with h5py.File(feats / "slide_00.h5") as f:
+        np.testing.assert_array_equal(np.asarray(bags[0]), f["features"][:])
+        assert bags[0].shape == f["features"].shape and len(bags[0]) == len(f["features"])
     with pytest.raises(ConfigError, match="holds one bag per slide: run it with protocol=abmil"):
         run_in_process("evaluate", [*args[:2], "protocol=knn", f"run_dir={tmp_path / 'r2'}", *FAST])
