@@ -27,7 +27,7 @@ bench: $(STAMP) .bench/lightly
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/tiling.py
 	PYTHONPATH=.bench/lightly $(BIN)/python benchmarks/ssl_quality.py
-	$(BIN)/python benchmarks/label_efficiency.py
+	$(BIN)/python benchmarks/label_efficiency.py --backbone .bench/ssl_quality/mae
 
 .bench/lightly: | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --target .bench/lightly lightly==1.6.0 --no-deps
