@@ -194,6 +194,13 @@ def run_lightly_dinov2(steps: int, batch: int, lr: float) -> tuple:
     return teacher.vit, steps / (time.perf_counter() - t), float(loss)
 
 
+def run_lightly(method: str, steps: int, batch: int) -> tuple:
+    """lightly's ``method`` with the recipe's lr (and MAE's weight decay): ``(vit, steps/s, last loss)``."""
+    if method == "mae":
+        return run_lightly_mae(steps, batch, lr=1.5e-3, wd=0.05)
+    return run_lightly_dinov2(steps, batch, lr=5e-4)
+
+
 # ---------------------------------------------------------------- evaluation
 def _split(name: str):
     with np.load(NPZ) as z:
@@ -236,10 +243,7 @@ def speed_only(args) -> None:
         ours, theirs = [], []
         for _ in range(args.rounds):
             ours.append(run_domainfm(method, args.speed, args.batch, work / method)["steps_per_s"])
-            if method == "mae":
-                theirs.append(run_lightly_mae(args.speed, args.batch, lr=1.5e-3, wd=0.05)[1])
-            else:
-                theirs.append(run_lightly_dinov2(args.speed, args.batch, lr=5e-4)[1])
+            theirs.append(run_lightly(method, args.speed, args.batch)[1])
         ratio = [a / b for a, b in zip(ours, theirs)]
         print(f"{method}: domainfm {ours} steps/s, lightly {theirs} steps/s, ratios {[round(r, 3) for r in ratio]}")
 
@@ -287,10 +291,7 @@ def main() -> None:
         speed[f"domainfm {method}"] = summary["steps_per_s"]
         add(f"domainfm {method}, {steps} steps ({pooling})", load_backbone(work / method), pooling)
         if not args.skip_lightly:
-            if method == "mae":
-                vit, rate, _ = run_lightly_mae(steps, args.batch, lr=1.5e-3, wd=0.05)
-            else:
-                vit, rate, _ = run_lightly_dinov2(steps, args.batch, lr=5e-4)
+            vit, rate, _ = run_lightly(method, steps, args.batch)
             speed[f"lightly {method}"] = rate
             add(f"lightly {method}, {steps} steps ({pooling})", vit, pooling)
 

@@ -48,11 +48,11 @@ def create_vit(
         )
     else:
         model = timm.create_model(name, pretrained=False, **args, **kwargs)
+        model.domainfm_weights = None  # freshly initialised: only then may a method (MAE) re-initialise it
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"{name} is not a timm VisionTransformer; domainfm's 2D backbones need one")
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
-    model.domainfm_weights = weights  # None = freshly initialised: only then may a method (MAE) re-initialise it
     return model
 
 
