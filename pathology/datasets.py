@@ -2,21 +2,26 @@
 
 The dataset holds paths and coordinate arrays only; each process (main, DataLoader worker, DDP rank) opens the
 slides it reads on first use and keeps at most ``max_open`` of them open, so it pickles small and never shares an
-OpenSlide handle across processes. Rank sharding is the sampler's job (the core ``StreamSampler``);
+OpenSlide handle across processes. The open slides of a process share one decoded-tile cache of ``cache_mib``
+(OpenSlide would give each its own 32 MiB: 2 GiB per worker for 64 slides drawn at random). ``threads`` read a
+loader's batch concurrently within a process. Rank sharding is the sampler's job (the core ``StreamSampler``);
 :meth:`SlideTileDataset.sample_weights` makes its draws balanced across slides.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openslide
 import torch
 from domainfm.errors import DataError
 from domainfm.pathology.h5io import read_coords
@@ -93,8 +98,12 @@ def to_tensor(tile: np.ndarray) -> torch.Tensor:
 class SlideTileDataset(Dataset):
     """Tiles of many slides, read on demand at the tiling's target MPP.
 
-    Item: ``{"image": 3 x S x S float in [0, 1], "meta": {"slide": name, "coords": (x, y)}}`` (``transform``, if
-    given, maps the image tensor). ``S`` is the tiling's ``patch_size``, which must then be the same in every
+    Item: ``{"image": 3 x S x S uint8, "meta": {"slide": name, "coords": (x, y)}}`` (``transform``, if given, maps
+    the image tensor; the core views take uint8 and crop before they convert). The image is a channel-first view
+    of the tile as read (``S x S x 3``): :func:`~domainfm.data.collate.collate_samples` stacks such views into a
+    channels-last batch without a transpose per tile, so a loader worker hands over a quarter of the bytes of
+    float tiles and the float conversion happens where the batch goes (the GPU). ``uint8=False`` gives
+    float images in [0, 1] instead. ``S`` is the tiling's ``patch_size``, which must then be the same in every
     coordinate file, or ``size`` (each level-0 tile box is read out at ``size`` pixels). Tiles are ordered slide by
     slide, in each file's order.
     """
@@ -107,7 +116,9 @@ class SlideTileDataset(Dataset):
         names: Sequence[str] | None = None,
         size: int | None = None,
         max_open: int = 64,
-        uint8: bool = False,
+        uint8: bool = True,
+        cache_mib: int = 64,
+        threads: int = 1,
     ):
         self.slides = load_slide_tiles(coords, slides, names)
         if not self.slides:
@@ -125,8 +136,11 @@ class SlideTileDataset(Dataset):
         self._starts = self.offsets.tolist()  # for bisect: ~1 us per lookup instead of NumPy's ~20
         self.transform = transform
         self.uint8 = uint8
-        self.max_open = max_open
+        self.max_open, self.cache_mib, self.threads = max_open, cache_mib, threads
         self._open: OrderedDict[int, Slide] = OrderedDict()
+        self._cache: openslide.OpenSlideCache | None = None
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -155,36 +169,63 @@ class SlideTileDataset(Dataset):
         counts = np.diff(self.offsets)
         return torch.from_numpy(np.repeat(1.0 / counts, counts))
 
+    def _own(self) -> None:
+        """Handles, their cache, the lock and the threads belong to one process: a forked loader worker or an
+        unpickled copy makes its own (never an OpenSlide handle shared across processes)."""
+        if os.getpid() != self._pid or self._lock is None:
+            self._open, self._cache, self._pool = OrderedDict(), None, None
+            self._lock, self._pid = threading.Lock(), os.getpid()
+
     def _slide(self, s: int) -> Slide:
-        if os.getpid() != self._pid:  # a forked worker: never reuse the parent's handles
-            self._open, self._pid = OrderedDict(), os.getpid()
-        if s in self._open:
-            self._open.move_to_end(s)
-            return self._open[s]
-        slide = open_slide(self.slides[s].path)
-        self._open[s] = slide
-        while len(self._open) > self.max_open:
-            self._open.popitem(last=False)[1].close()
-        return slide
+        self._own()
+        with self._lock:
+            if s in self._open:
+                self._open.move_to_end(s)
+                return self._open[s]
+            if self._cache is None:
+                self._cache = openslide.OpenSlideCache(self.cache_mib << 20)
+            slide = open_slide(self.slides[s].path)
+            slide.set_cache(self._cache)
+            self._open[s] = slide
+            while len(self._open) > self.max_open:
+                self._open.popitem(last=False)  # closed once no thread reads it any more (OpenSlide closes on GC)
+            return slide
 
     def read(self, index: int) -> np.ndarray:
         """The tile as ``S x S x 3`` uint8."""
-        s, k = self.locate(index)
-        tiles = self.slides[s]
-        x, y = tiles.coords[k]
-        return self._slide(s).read_tile(int(x), int(y), tiles.size0, tiles.size)
+        return self._read(index)[2]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _read(self, index: int) -> tuple[SlideTiles, tuple[int, int], np.ndarray]:
         s, k = self.locate(index)
         tiles = self.slides[s]
         x, y = (int(v) for v in tiles.coords[k])
-        tile = self._slide(s).read_tile(x, y, tiles.size0, tiles.size)
-        image = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1))) if self.uint8 else to_tensor(tile)
+        return tiles, (x, y), self._slide(s).read_tile(x, y, tiles.size0, tiles.size)
+
+    def _item(self, tiles: SlideTiles, xy: tuple[int, int], tile: np.ndarray) -> dict[str, Any]:
+        # the reader's array may be read-only (Pillow's buffer): a 0.2 MB copy keeps in-place transforms safe; the
+        # channel-first view is made in NumPy (one torch call per tile: each costs tens of us after a slide read)
+        image = torch.from_numpy(tile.copy().transpose(2, 0, 1)) if self.uint8 else to_tensor(tile)
         if self.transform is not None:
             image = self.transform(image)
-        return {"image": image, "meta": {"slide": tiles.name, "coords": (x, y)}}
+        return {"image": image, "meta": {"slide": tiles.name, "coords": xy}}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._item(*self._read(index))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """A batch of items (what a ``DataLoader`` asks for). With ``threads > 1`` the tiles are read concurrently
+        (OpenSlide and Pillow release the GIL: one process uses several cores, with nothing to hand over between
+        processes); the transform then runs on them one by one, in order, so its random draws do not depend on
+        thread timing."""
+        if self.threads <= 1 or len(indices) <= 1:
+            return [self[i] for i in indices]
+        self._own()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="slide-tiles")
+        return [self._item(*read) for read in self._pool.map(self._read, indices)]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_open"] = OrderedDict()  # handles stay in their process
+        # handles, their cache, the lock and the threads stay in their process
+        state.update(_open=OrderedDict(), _cache=None, _lock=None, _pool=None)
         return state

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from domainfm.data.collate import collate_samples
+from domainfm.data.shared_batches import SharedBatches, take
 from domainfm.engine import distributed as dist_utils
 from domainfm.engine.runtime import autocast, resolve_precision
 from domainfm.errors import DataError
@@ -71,6 +72,7 @@ def extract_slide_features(
     out_dir: str | Path,
     batch_size: int = 64,
     num_workers: int = 0,
+    threads: int = 1,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
     precision: str = "fp32",
@@ -84,7 +86,8 @@ def extract_slide_features(
     ``<out_dir>/<slide>.h5`` with ``features`` (N, D) float32, ``coords`` (N, 2) int64 and the tiling attributes.
 
     Tiles stream from the slides by the coordinates in ``coords_dir`` (``domainfm tile``'s output) as uint8 (a
-    quarter of the bytes through the loader workers), become [0, 1] floats on ``device`` and go through
+    quarter of the bytes through the loader workers; ``threads`` read each batch concurrently in every loader
+    process), become [0, 1] floats on ``device`` and go through
     ``preprocess`` there, image by image (default: ImageNet mean/std normalisation of the whole batch). Slides
     already done with the same coordinates and weights are skipped; done with others they raise a
     :class:`DataError` unless ``overwrite``. Under DDP (or with ``rank``/``world_size``) each rank takes every
@@ -116,7 +119,7 @@ def extract_slide_features(
                 "(re-tiled slide or other weights); use a new output folder or overwrite=true"
             )
     if todo:
-        dataset = SlideTileDataset(coords_dir, slides, names=todo, uint8=True)
+        dataset = SlideTileDataset(coords_dir, slides, names=todo, threads=threads)
         run = (backbone, dataset, preprocess, out_dir, params, batch_size, num_workers, device, precision, progress)
         _run(*run, summary)
     summary.seconds = time.perf_counter() - t0
@@ -143,7 +146,7 @@ def _run(
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate_samples,
+        collate_fn=SharedBatches() if num_workers > 0 else collate_samples,
         pin_memory=device.type == "cuda",
     )
     by_name = {s.name: s for s in dataset.slides}
@@ -164,7 +167,7 @@ def _run(
 
     try:
         with tqdm(total=len(dataset), disable=not progress, desc="extract", unit="tile") as bar:
-            for batch in loader:
+            for batch in map(take, loader):
                 images = batch["image"].to(device, non_blocking=True).float().div_(255.0)
                 images = _normalize(images) if preprocess is None else torch.stack([preprocess(x) for x in images])
                 with autocast(device, precision):

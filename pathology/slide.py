@@ -60,6 +60,9 @@ class _OpenSlideReader:
         width, height = self.level_dimensions[0]
         return self.sparse or x < 0 or y < 0 or x + w * ds > width or y + h * ds > height
 
+    def set_cache(self, cache: openslide.OpenSlideCache) -> None:
+        self.handle.set_cache(cache)
+
     def close(self) -> None:
         self.handle.close()
 
@@ -114,6 +117,9 @@ class _ImageReader:
         if x1 > x0 and y1 > y0:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = self.array[y0:y1, x0:x1]
         return out
+
+    def set_cache(self, cache: openslide.OpenSlideCache) -> None:
+        """Held in memory already: nothing to cache."""
 
     def close(self) -> None:
         self.array = np.zeros((0, 0, 3), dtype=np.uint8)
@@ -241,6 +247,11 @@ class Slide:
         um/px slide read at 0.5 um/px is not resampled)."""
         scale = target_mpp / self.mpp
         return 1.0 if abs(scale - 1.0) <= LEVEL_TOLERANCE else scale
+
+    def set_cache(self, cache: openslide.OpenSlideCache) -> None:
+        """Share OpenSlide's decoded-tile cache with other slides (``openslide.OpenSlideCache(bytes)``; 0 bytes
+        decodes every read). Each slide otherwise keeps its own 32 MiB cache."""
+        self._reader.set_cache(cache)
 
     def thumbnail(self, mpp: float) -> np.ndarray:
         """The whole slide at ``mpp`` um/px, from the best pyramid level, read block by block (memory stays flat

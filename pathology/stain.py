@@ -1,5 +1,6 @@
-"""Stain augmentation and normalisation as tensor transforms on ``3 x H x W`` (or ``B x 3 x H x W``) float RGB
-in [0, 1]; they draw from torch's global RNG, which the engine seeds per sample.
+"""Stain augmentation and normalisation as tensor transforms on ``3 x H x W`` (or ``B x 3 x H x W``) RGB, float in
+[0, 1] or uint8 (converted; the output is float in [0, 1]); they draw from torch's global RNG, which the engine
+seeds per sample.
 
 - :class:`HEDJitter`: colour deconvolution into haematoxylin/eosin/DAB optical densities (Ruifrok & Johnston 2001,
   skimage's ``rgb2hed`` matrices), per-image ``od * a + b`` with ``a ~ U(1 - alpha, 1 + alpha)`` and
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from domainfm.data.transforms import to_float
 from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
 
 _LOG_ADJUST = float(torch.log(torch.tensor(1e-6, dtype=torch.float64)))  # skimage's scaling of optical densities
@@ -43,6 +45,7 @@ class HEDJitter:
         self.p = p
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = to_float(image)  # uint8 tiles (as they stream) become [0, 1] floats
         batch = image.shape[:-3]
         if self.p < 1.0 and float(torch.rand(())) >= self.p:
             return image
@@ -100,7 +103,7 @@ class MacenkoNormalize:
 
     def estimate(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(stain matrix 3 x 2 (H, E columns), 99th-percentile concentrations (2,))``, or None without tissue."""
-        od = self._od(image)
+        od = self._od(to_float(image))
         tissue = od[~(od < self.beta).any(dim=1)]
         if len(tissue) < self.min_pixels:
             return None
@@ -119,6 +122,7 @@ class MacenkoNormalize:
         return he.float(), max_c.float()
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = to_float(image)  # uint8 tiles (as they stream) become [0, 1] floats
         if image.ndim == 4:
             return torch.stack([self(x) for x in image])
         found = self.estimate(image)

@@ -54,6 +54,7 @@ def run_slides(cfg: DictConfig, source: str) -> Path:
         out_dir=Path(cfg.out).expanduser(),
         batch_size=int(cfg.data.batch_size),
         num_workers=resolve_workers(cfg.data.num_workers, device),
+        threads=int(cfg.data.get("threads", 1)),
         preprocess=preprocess.view(),
         device=device,
         precision=cfg.precision,

@@ -1,6 +1,8 @@
 """Tensor view transforms for ``C x H x W`` images with any channel count (torchvision v2 underneath).
 
-Each transform maps a sample dict to a sample dict, so datasets, views and mask generators compose.
+Each transform maps a sample dict to a sample dict, so datasets, views and mask generators compose. Images may be
+float in [0, 1] or uint8 (as slide tiles stream): geometric steps run on what they get (uint8 crops and resizes
+are the cheaper ones), and the image becomes float in [0, 1] before photometric steps and normalisation.
 """
 
 from __future__ import annotations
@@ -14,6 +16,15 @@ from torchvision.transforms import v2
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def to_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1]; floating images pass unchanged. Other integer types have no agreed range."""
+    if image.is_floating_point():
+        return image
+    if image.dtype == torch.uint8:
+        return image.float().div_(255.0)
+    raise ValueError(f"got a {image.dtype} image; views take uint8 or float images in [0, 1]")
 
 
 class RandomView:
@@ -51,10 +62,10 @@ class Normalize:
         self.std = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """``C x H x W`` or a batch ``B x C x H x W``, on any device."""
+        """``C x H x W`` or a batch ``B x C x H x W`` (float in [0, 1] or uint8), on any device."""
         if image.shape[-3] != self.mean.shape[0]:
             raise ValueError(f"image has {image.shape[-3]} channels, normalisation expects {self.mean.shape[0]}")
-        return (image - self.mean.to(image.device)) / self.std.to(image.device)
+        return (to_float(image) - self.mean.to(image.device)) / self.std.to(image.device)
 
 
 class ResizeView:
@@ -163,6 +174,7 @@ class MultiCropView:
 
     def _view(self, image: torch.Tensor, size, scale):
         out, params = random_crop(image, size, scale, hflip=self.hflip, vflip=self.vflip)
+        out = to_float(out)
         if self.photometric is not None:
             out = self.photometric(out)
         return self.normalize(out), params

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from domainfm.data.collate import collate_samples
 from domainfm.data.sampling import SeededDataset, StreamSampler
+from domainfm.data.shared_batches import SharedBatches, take
 from domainfm.engine import distributed as dist_utils
 from domainfm.engine.checkpoint import CheckpointManager, atomic_save, capture_rng, restore_rng
 from domainfm.engine.metrics import MetricsLogger
@@ -226,7 +227,8 @@ class Trainer:
             batch_size=cfg.batch_size,
             sampler=sampler,
             num_workers=workers,
-            collate_fn=self.collate_fn,
+            # workers hand batches over through shared slabs they reuse (fresh shared memory is slow to allocate)
+            collate_fn=SharedBatches() if self.collate_fn is collate_samples and workers > 0 else self.collate_fn,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             generator=torch.Generator(),  # keep the global RNG untouched by loader start-up
@@ -357,7 +359,7 @@ class Trainer:
         extras: dict[str, torch.Tensor] = {}
         finite = True
         for micro in range(cfg.accumulate):
-            batch = next(batches)
+            batch = take(next(batches))
             if batch.get("skipped"):
                 self.skipped_files.update(batch["skipped"])
             batch = _to_device(batch, self.device)

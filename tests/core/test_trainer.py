@@ -263,3 +263,33 @@ def test_fp16_grad_scaler_skips_overflow_unscales_before_clipping_and_resumes(tm
     assert again.fit().resumed_from == 4 and again.scaler.get_scale() == final_scale
     for name, value in method.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value)
+
+
+class MeanColour(Method):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Linear(3, 1)
+
+    def forward(self, batch, ctx):
+        return {"loss": self.backbone(batch["image"].mean((2, 3))).pow(2).mean()}
+
+
+def test_loader_workers_train_exactly_as_the_main_process(tmp_path, kather_tiles, monkeypatch):
+    """With 2 loader workers the batches come through reused shared slabs (``SharedBatches``) and training is
+    bitwise the same as reading everything in the main process (views are seeded per sample)."""
+    import domainfm.engine.trainer as trainer_module
+    from domainfm.data.shared_batches import take
+    from domainfm.data.transforms import ImageTransform, RandomView
+
+    kinds = []
+    monkeypatch.setattr(trainer_module, "take", lambda batch: kinds.append(type(batch).__name__) or take(batch))
+    transform = ImageTransform(RandomView(16, [0.5] * 3, [0.25] * 3))
+    methods = []
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        methods.append(MeanColour())
+        cfg = _cfg(batch_size=8, max_steps=5, num_workers=workers)
+        Trainer(methods[-1], ImageFolder(kather_tiles), tmp_path / f"w{workers}", cfg, transform=transform).fit()
+    assert kinds == ["dict"] * 5 + ["SlabBatch"] * 5
+    for a, b in zip(methods[0].parameters(), methods[1].parameters()):
+        assert torch.equal(a, b)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from domainfm.data.collate import collate_samples
 from domainfm.data.masking import IBOTMask
-from domainfm.data.transforms import MultiCropView, RandomView, RGBPhotometric, TwoViews
+from domainfm.data.transforms import MultiCropView, Normalize, RandomView, RGBPhotometric, TwoViews, to_float
 from torchvision.transforms.v2 import functional as TF
 
 
@@ -55,3 +55,34 @@ def test_rgb_photometric_refuses_other_channel_counts():
 def test_random_view_checks_normalisation_channels():
     with pytest.raises(ValueError, match="image has 1 channels, normalisation expects 3"):
         RandomView(8, [0.5] * 3, [0.2] * 3)(torch.rand(1, 10, 10))
+
+
+def test_views_take_uint8_tiles_and_crop_before_converting():
+    """Slide tiles stream as uint8: the view crops and resizes them in uint8, then converts to [0, 1] floats; the
+    result matches the float pipeline within one grey level."""
+    torch.manual_seed(0)
+    tile = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    view = MultiCropView(32, [0.0] * 3, [1.0] * 3, local_size=16, n_local=2, return_params=True)
+    out = view({"image": tile})
+    for crop, p in zip(out["global_crops"] + out["local_crops"], out["crop_params"]):
+        assert crop.dtype == torch.float32
+        ref = TF.resized_crop(tile.float() / 255, p["top"], p["left"], p["height"], p["width"], list(p["size"]))
+        ref = ref.flip(-1) if p["hflip"] else ref
+        torch.testing.assert_close(crop, ref, rtol=0, atol=1 / 255 + 1e-6)  # within a grey level (integer weights)
+    normalize = Normalize([0.5] * 3, [0.25] * 3)
+    torch.testing.assert_close(normalize(tile), (tile.float() / 255 - 0.5) / 0.25)
+    assert to_float(tile).max() <= 1.0 and to_float(tile.float()) is not None
+    with pytest.raises(ValueError, match="int16 image; views take uint8 or float"):
+        to_float(tile.to(torch.int16))
+
+
+def test_collate_stacks_channel_last_tiles_without_transposing():
+    """``C x H x W`` views of ``H x W x C`` tiles (how slide tiles stream) batch channels-last, equal to a plain
+    stack; contiguous images batch as before."""
+    tiles = [torch.randint(0, 256, (5, 4, 3), dtype=torch.uint8) for _ in range(3)]
+    views = [t.permute(2, 0, 1) for t in tiles]
+    batch = collate_samples([{"image": v, "meta": i} for i, v in enumerate(views)])
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last) and batch["meta"] == [0, 1, 2]
+    assert torch.equal(batch["image"], torch.stack([v.contiguous() for v in views]))
+    plain = collate_samples([{"image": v.contiguous()} for v in views])["image"]
+    assert plain.is_contiguous() and torch.equal(plain, batch["image"])

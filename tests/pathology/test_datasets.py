@@ -35,12 +35,11 @@ def test_items_are_the_slide_pixels(tiled):
     for i in (0, n_cmu - 1):  # the last tile runs past the slide's bottom edge (y + 256 > 2967)
         item = ds[i]
         x, y = item["meta"]["coords"]
-        raw = np.asarray(handle.read_region((x, y), 0, (256, 256)).convert("RGB"), dtype=np.float32) / 255
+        raw = np.array(handle.read_region((x, y), 0, (256, 256)).convert("RGB"))
         inside = 2967 - y
-        assert item["image"].shape == (3, 256, 256) and item["image"].dtype == torch.float32
-        expected = torch.from_numpy(raw).permute(2, 0, 1)[:, :inside]
-        torch.testing.assert_close(item["image"][:, :inside], expected, rtol=0, atol=1e-6)
-        assert (item["image"][:, inside:] == 1.0).all()  # beyond the scan: white, not OpenSlide's transparent black
+        assert item["image"].shape == (3, 256, 256) and item["image"].dtype == torch.uint8
+        assert torch.equal(item["image"][:, :inside], torch.from_numpy(raw).permute(2, 0, 1)[:, :inside])
+        assert (item["image"][:, inside:] == 255).all()  # beyond the scan: white, not OpenSlide's transparent black
         assert item["meta"]["slide"] == "CMU-1-Small-Region"
     assert ds.describe(n_cmu).startswith(str(slides["pyramid"]) + " tile (")
 
@@ -49,9 +48,11 @@ def test_transform_and_missing_slide(tiled):
     out, slides = tiled
     ds = SlideTileDataset(out, slides, transform=lambda x: x[:1] * 2, names=["pyramid"])
     assert ds[0]["image"].shape == (1, 128, 128) and len(ds) == 144
-    raw = SlideTileDataset(out, slides, names=["pyramid"], uint8=True)[5]["image"]
+    raw = SlideTileDataset(out, slides, names=["pyramid"])[5]["image"]
     assert raw.dtype == torch.uint8 and raw.shape == (3, 128, 128)
-    torch.testing.assert_close(raw.float() / 255, SlideTileDataset(out, slides, names=["pyramid"])[5]["image"])
+    as_float = SlideTileDataset(out, slides, names=["pyramid"], uint8=False)[5]["image"]
+    assert as_float.dtype == torch.float32
+    torch.testing.assert_close(raw.float() / 255, as_float, rtol=0, atol=1e-7)  # x * (1/255) vs x / 255
     with pytest.raises(DataError, match="no slide named 'pyramid'"):
         SlideTileDataset(out, {"CMU-1-Small-Region": slides["CMU-1-Small-Region"]}, size=64)
 
@@ -69,8 +70,10 @@ def test_pickles_without_handles_and_reopens_per_process(tiled):
     # fork-started workers inherit the parent's open handle and must open their own
     indices = list(range(0, len(ds), 7))
     loader = DataLoader(Subset(ds, indices), batch_size=4, num_workers=2, collate_fn=collate_samples)
-    images = torch.cat([b["image"] for b in loader])
-    torch.testing.assert_close(images, torch.stack([ds[i]["image"] for i in indices]))
+    batches = [b["image"] for b in loader]
+    # uint8 tiles are handed over channels-last (no transpose per tile), in shared memory
+    assert all(b.is_contiguous(memory_format=torch.channels_last) and b.is_shared() for b in batches)
+    assert torch.equal(torch.cat(batches), torch.stack([ds[i]["image"] for i in indices]))
 
 
 def test_sample_weights_balance_the_slides(tiled):
@@ -84,3 +87,44 @@ def test_sample_weights_balance_the_slides(tiled):
     share = (drawn < n_cmu).mean()
     assert abs(share - 0.5) < 0.05, share  # uniform over tiles would give n_cmu / len(ds)
     assert abs(n_cmu / len(ds) - 0.5) > 0.05
+
+
+def test_open_slides_share_one_cache_per_process(tiled, monkeypatch):
+    """All handles a process opens get the same OpenSlide cache (not 32 MiB each); without a cache the pixels are
+    the same."""
+    from domainfm.pathology.slide import Slide
+
+    out, slides = tiled
+    attached = []
+    monkeypatch.setattr(Slide, "set_cache", lambda self, cache: attached.append(cache))
+    ds = SlideTileDataset(out, slides, size=128, cache_mib=8)
+    n_cmu = len(ds.slides[0].coords)
+    ds[0], ds[n_cmu]
+    assert len(attached) == 2 and attached[0] is attached[1] is ds._cache
+    assert pickle.loads(pickle.dumps(ds))._cache is None  # each worker makes its own
+    monkeypatch.undo()
+    uncached = SlideTileDataset(out, slides, size=128, cache_mib=0)
+    assert all(torch.equal(uncached[i]["image"], ds[i]["image"]) for i in (0, 3, n_cmu + 5))
+
+
+def test_threaded_batches_equal_item_by_item(tiled):
+    """``threads=3``: a DataLoader batch is read by three threads (0 and 2 workers) and equals the items read one
+    by one, in order; the transform runs in the calling thread, in index order (its random draws stay seeded)."""
+    out, slides = tiled
+    plain = SlideTileDataset(out, slides, size=128)
+    calls = []
+    threaded = SlideTileDataset(out, slides, size=128, threads=3, max_open=1, transform=lambda x: calls.append(1) or x)
+    indices = list(range(0, len(plain), 5))
+    expected = torch.stack([plain[i]["image"] for i in indices])
+    for workers in (0, 2):
+        loader = DataLoader(Subset(threaded, indices), batch_size=8, num_workers=workers, collate_fn=collate_samples)
+        batches = list(loader)
+        assert torch.equal(torch.cat([b["image"] for b in batches]), expected)
+        assert [m["coords"] for b in batches for m in b["meta"]] == [plain[i]["meta"]["coords"] for i in indices]
+    assert threaded._pool is not None and threaded._pool._max_workers == 3  # the in-process loader used threads
+    assert len(calls) == len(indices)  # the transform ran once per item in this process (workers: their own)
+    torch.manual_seed(0)
+    noisy = SlideTileDataset(out, slides, size=128, threads=3, transform=lambda x: x + torch.randint(0, 2, x.shape))
+    first = torch.stack([s["image"] for s in noisy.__getitems__(indices)])
+    torch.manual_seed(0)
+    assert torch.equal(first, torch.stack([noisy[i]["image"] for i in indices]))  # same draws, same order

@@ -36,7 +36,7 @@ def test_features_layout_and_values(tiled, tmp_path):
     coords_dir, slides = tiled
     backbone = tiny_vit(0)
     summary = extract_slide_features(
-        backbone, slides, coords_dir, tmp_path, batch_size=32, num_workers=2, progress=False
+        backbone, slides, coords_dir, tmp_path, batch_size=32, num_workers=2, threads=2, progress=False
     )
     assert sorted(summary.extracted) == ["CMU-1-Small-Region", "pyramid"] and summary.done == []
     for name in slides:

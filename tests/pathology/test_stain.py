@@ -79,3 +79,17 @@ def test_macenko_normalises_to_the_reference(he, kather):
     blank = torch.ones(3, 32, 32)
     assert torch.equal(norm(blank), blank)  # no tissue: unchanged
     assert norm(torch.stack([kather, kather])).shape == (2, *kather.shape)
+
+
+def test_uint8_tiles_are_converted_first(he, kather):
+    """Tiles stream as uint8: both transforms treat them as the same image in [0, 1] and return floats."""
+    tile = (he * 255).round().to(torch.uint8)
+    as_float = tile.float() / 255
+    torch.manual_seed(3)
+    jittered = HEDJitter()(tile)
+    torch.manual_seed(3)
+    assert jittered.dtype == torch.float32 and torch.equal(jittered, HEDJitter()(as_float))
+    assert HEDJitter(p=0.0)(tile).dtype == torch.float32  # skipped: still converted, one output type
+    norm = MacenkoNormalize.fit(kather)
+    torch.testing.assert_close(norm(tile), norm(as_float))
+    assert norm.estimate(tile) is not None
