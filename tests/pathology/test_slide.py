@@ -122,3 +122,35 @@ def test_unscanned_pixels_are_white_and_checked_only_where_possible(cmu_slide):
         assert reader._maybe_transparent((2000, 0), 0, (256, 256)) and reader._maybe_transparent((0, -1), 0, (8, 8))
         tile = s.read_region((2100, 2900), 0, 256)  # 120 columns and 67 rows inside the slide
         assert (tile[67:] == 255).all() and (tile[:, 120:] == 255).all() and (tile[:67, :120] < 250).any()
+
+
+def test_dicom_wsi_series_folder(tmp_path, caplog):
+    """A DICOM WSI (synthetic: no DICOM slide in ../shared/data; one file per level, JPEG tiles) read through
+    OpenSlide: levels, MPP from PixelSpacing, pixels; the series folder is one slide named after it, it tiles and
+    streams, and the (fake) patient fields reach no output file and no log line."""
+    from domainfm.pathology.datasets import SlideTileDataset
+    from domainfm.pathology.tiling import TilingParams, find_slides, tile_slides
+
+    from tests.pathology import synthetic
+    from tests.pathology.dicom_wsi import FAKE_PATIENT, write_dicom_wsi
+
+    image = synthetic.standard_image()
+    level1 = np.asarray(Image.fromarray(image).reduce(4))
+    first = write_dicom_wsi(tmp_path / "slides" / "CASE-7", [image, level1], mpp=0.25)
+    with open_slide(first) as s:
+        assert s.backend == "openslide" and s.vendor == "dicom" and s.name == "CASE-7"
+        assert s.level_dimensions == ((3072, 2048), (768, 512)) and s.level_downsamples == (1.0, 4.0)
+        assert s.mpp == 0.25 and s.mpp_source == "openslide.mpp-x" and s.magnification == 40
+        tile = s.read_region_at_mpp(1000, 600, 256, 0.25)  # across JPEG tile borders (x = 1024, y = 768)
+        assert np.abs(tile.astype(float) - image[600:856, 1000:1256]).mean() < 3
+        coarse = s.read_region_at_mpp(1000, 600, 64, 1.0)  # downsample 4: level 1 as stored
+        assert np.abs(coarse.astype(float) - level1[150:214, 250:314]).mean() < 3
+    assert find_slides(tmp_path / "slides") == [first]
+    summary = tile_slides(tmp_path / "slides", tmp_path / "tiles", TilingParams(target_mpp=0.5), progress=False)
+    assert [r.status for r in summary.slides] == ["tiled"] and summary.tiles > 0
+    ds = SlideTileDataset(tmp_path / "tiles", tmp_path / "slides")
+    item = ds[len(ds) // 2]
+    assert item["meta"]["slide"] == "CASE-7" and item["image"].shape == (3, 256, 256)
+    outputs = [p for p in (tmp_path / "tiles").rglob("*") if p.is_file()]
+    assert outputs and not any(v.encode() in p.read_bytes() for p in outputs for v in FAKE_PATIENT)
+    assert not any(v in caplog.text for v in FAKE_PATIENT)
