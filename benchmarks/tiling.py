@@ -1,9 +1,13 @@
 """Tiling benchmark: the streaming tile dataset against a raw ``openslide.read_region`` loop over the same
-coordinates (tiles/s, ratio), and peak memory while tiling and streaming synthetic pyramidal slides of growing size
-(it must stay flat: the reads are block by block, never a whole level).
+coordinates (tiles/s, ratio, CPU efficiency; in process, through DataLoader workers, with reading threads), and
+peak memory while tiling and streaming synthetic pyramidal slides of growing size (it must stay flat: the reads
+are block by block, never a whole level).
 
-    .venv/bin/python benchmarks/tiling.py [--rounds 7] [--passes 2] [--slides 10000@0.5 40000@0.5 20000@2]
+    .venv/bin/python benchmarks/tiling.py [--rounds 9] [--passes 2] [--slides 10000@0.5 40000@0.5 20000@2]
+                                          [--memory-only]
 
+Throughput runs twice on the real CMU-1-Small-Region.svs: with OpenSlide's tile cache holding the whole slide
+(a read is a copy out of the cache) and with no cache anywhere (every read decodes, as when streaming an archive).
 Synthetic slides (``side@mpp``): a real H&E region (../shared/data/pathology/TCGA-HE-7130_1000px.png) tiled
 inside an ellipse on glass, levels 1/4/16/64, JPEG tiles, written tile by tile and deleted afterwards. The last
 default ones span 20 and 40 mm, beyond the 16 mm where the tissue thumbnail reaches ``tissue.max_side``.
@@ -13,6 +17,7 @@ Prints markdown tables; the figures are ratios within one run (absolute speeds d
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import shutil
@@ -108,105 +113,241 @@ def run_child(mode: str, slide: Path | str = "", out: Path | str = "", n: int = 
 
 
 # ------------------------------------------------------------------------------------------- throughput
-def throughput(slide: Path, out: Path, rounds: int, passes: int) -> list[tuple[str, float, float]]:
-    """In-process readers are timed call by call, interleaved with the raw loop on the same tile (paired: the load
-    of a shared machine hits both alike); loaders are timed per round, right after a raw pass of the same length."""
+class Forever:
+    """An endless sampler over ``n`` indices in order: a benchmark's loaders never wait for a new epoch."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __iter__(self):
+        return itertools.cycle(range(self.n))
+
+
+class RawTiles:
+    """The raw loop's call as a dataset (for loader workers): ``read_region(...).convert("RGB")`` per index."""
+
+    def __init__(self, slide: Path, coords: list[tuple[int, int]], size: int, cached: bool):
+        self.slide, self.coords, self.size, self.cached, self.handle = slide, coords, size, cached, None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        import openslide
+
+        if self.handle is None:
+            self.handle = openslide.OpenSlide(str(self.slide))
+            if not self.cached:
+                self.handle.set_cache(openslide.OpenSlideCache(0))
+        return np.asarray(self.handle.read_region(self.coords[i], 0, (self.size, self.size)).convert("RGB"))
+
+
+def count_only(samples: list) -> int:
+    """A collate that drops the images: the workers' reading cost without the batches' trip to the main process."""
+    return len(samples)
+
+
+def consume(batch) -> int:
+    """Tiles in a batch, after touching one value per 4 KiB page of its images, as a copy to the GPU would."""
+    from domainfm.data.shared_batches import take
+
+    if isinstance(batch, int):
+        return batch
+    images = take(batch)["image"]
+    flat = images.permute(0, 2, 3, 1).reshape(-1) if not images.is_contiguous() else images.reshape(-1)
+    flat[:: 4096 // images.element_size()].sum()
+    return len(images)
+
+
+def cpu_ns(pids: list[int]) -> int:
+    """CPU time (ns) used so far by every thread of these processes (``/proc/<pid>/task/*/schedstat``)."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+class Stream:
+    """A persistent DataLoader, measured over windows: its wall-clock tiles/s while the main process takes ``n``
+    tiles, and its readers' CPU time per tile. Between windows the workers fill their prefetch queues and idle; a
+    window first takes those ready batches (not its work), times the next ``n`` tiles, then waits until the workers
+    idle again (their queues refilled), so the CPU time covers exactly the batches taken."""
+
+    def __init__(self, data, workers: int, collate, batch_size: int = 32):
+        from torch.utils.data import DataLoader
+
+        self.workers, self.batch_size = workers, batch_size
+        self.readers = max(workers, 1) * getattr(data, "threads", 1)  # what "per worker" divides by
+        loader = DataLoader(
+            data,
+            batch_size=batch_size,
+            sampler=Forever(len(data)),
+            num_workers=workers,
+            collate_fn=collate,
+            persistent_workers=workers > 0,
+        )
+        self.batches = iter(loader)
+        next(self.batches)  # worker start-up is not tile reading
+        self.pids = [w.pid for w in getattr(self.batches, "_workers", [])]
+
+    def _idle_cpu(self) -> int:
+        """The workers' CPU time once it stops growing (their prefetch queues full)."""
+        last = cpu_ns(self.pids)
+        for _ in range(200):
+            time.sleep(0.03)
+            now = cpu_ns(self.pids)
+            if now - last < 1_000_000:  # < 1 ms in 30 ms: blocked on a full queue
+                return now
+            last = now
+        return last
+
+    def rate(self, n: int) -> tuple[float, float]:
+        """``(tiles/s, CPU ns per tile of the readers)``."""
+        if not self.pids:  # no worker: the main process reads (threads and all)
+            t0, c0, seen = time.perf_counter(), time.process_time_ns(), 0
+            while seen < n:
+                seen += consume(next(self.batches))
+            return seen / (time.perf_counter() - t0), (time.process_time_ns() - c0) / seen
+        c0 = self._idle_cpu()
+        for _ in range(2 * self.workers):  # prefetch_factor (2) batches per worker piled up while idle
+            consume(next(self.batches))
+        t0, seen = time.perf_counter(), 0
+        while seen < n:
+            seen += consume(next(self.batches))
+        wall = seen / (time.perf_counter() - t0)
+        taken = seen + 2 * self.workers * self.batch_size  # the workers refill what was taken
+        return wall, (self._idle_cpu() - c0) / taken
+
+
+def throughput(slide: Path, out: Path, rounds: int, passes: int, cached: bool) -> list[tuple[str, float, float, float]]:
+    """Per reader: tiles/s, the ratio to a raw ``read_region`` loop over the same coordinates in this process, and
+    CPU efficiency (the raw loop's CPU time per tile over the reader's; for loaders, the workers' CPU time).
+
+    ``cached``: OpenSlide's decoded-tile cache holds the whole (small) slide, as re-reading one region; otherwise
+    no cache anywhere, every read decodes its JPEG tiles, as streaming a large archive does. In-process readers are
+    timed call by call, interleaved with the raw call on the same tile (paired: the load of a shared machine hits
+    both alike); each loader window is timed between two raw windows of the same length, and its ratios are to
+    their mean; medians over ``rounds``. Per worker: the rate divided by the number of reading workers (threads)
+    and by the raw rate."""
     import openslide
     import torch
     from domainfm.data.collate import collate_samples
+    from domainfm.data.shared_batches import SharedBatches
     from domainfm.pathology.datasets import SlideTileDataset
     from domainfm.pathology.slide import open_slide
     from domainfm.pathology.tiling import TilingParams, tile_slide
-    from torch.utils.data import DataLoader
 
-    tile_slide(slide, out, TilingParams(min_tissue=0.0))
-    ds = SlideTileDataset(out, [slide])
-    ds_u8 = SlideTileDataset(out, [slide], uint8=True)
+    if not (out / "patches").is_dir():
+        tile_slide(slide, out, TilingParams(min_tissue=0.0))
+    cache_mib = 32 if cached else 0  # the dataset default; the whole CMU slide (26 MB decoded) fits
+    ds = SlideTileDataset(out, [slide], cache_mib=cache_mib)
+    ds_float = SlideTileDataset(out, [slide], uint8=False, cache_mib=cache_mib)
     coords = [tuple(int(v) for v in c) for c in ds.slides[0].coords]
     size0, size = ds.slides[0].size0, ds.slides[0].size
     assert size0 == size, "the CMU tiles are read at level 0 without resampling, like the raw loop"
     handle = openslide.OpenSlide(str(slide))
     reader = open_slide(slide)
+    if not cached:
+        handle.set_cache(openslide.OpenSlideCache(0))
+        reader.set_cache(openslide.OpenSlideCache(0))
     n = len(coords) * passes
     torch.set_num_threads(1)
 
     calls = {
         "raw": lambda i, x, y: np.asarray(handle.read_region((x, y), 0, (size0, size0)).convert("RGB")),
         "read_tile": lambda i, x, y: reader.read_tile(x, y, size0, size),
-        "u8_items": lambda i, x, y: ds_u8[i],
         "items": lambda i, x, y: ds[i],
+        "float_items": lambda i, x, y: ds_float[i],
     }
+    for i, (x, y) in enumerate(coords):  # fill the caches (cached) / open everything (not)
+        for call in calls.values():
+            call(i, x, y)
     spent = {k: 0 for k in calls}
+    spent_cpu = {k: 0 for k in calls}
     for _ in range(rounds * passes):
         for i, (x, y) in enumerate(coords):
             for key, call in calls.items():
-                t0 = time.perf_counter_ns()
+                t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
                 call(i, x, y)
+                spent_cpu[key] += time.thread_time_ns() - c0
                 spent[key] += time.perf_counter_ns() - t0
     per_s = {k: rounds * n / (v / 1e9) for k, v in spent.items()}
+    cpu_eff = {k: spent_cpu["raw"] / v for k, v in spent_cpu.items()}
 
-    def raw_pass() -> float:
-        t0 = time.perf_counter()
+    def raw_window() -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.process_time_ns()
         for _ in range(passes):
             for i, (x, y) in enumerate(coords):
                 calls["raw"](i, x, y)
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), (time.process_time_ns() - c0) / n
 
-    def loader(workers: int, collate=collate_samples, data=ds):
-        def rate() -> float:
-            # one stream of all passes (plus a warm-up batch), so that the workers never wait for a new epoch
-            order = list(range(len(data))) * (passes + 1)
-            dl = DataLoader(data, batch_size=32, sampler=order, num_workers=workers, collate_fn=collate)
-            batches = iter(dl)
-            next(batches)  # worker start-up is not tile reading
-            t0, seen = time.perf_counter(), 0
-            for batch in batches:
-                seen += batch if isinstance(batch, int) else len(batch["meta"])
-                if seen >= n:
-                    break
-            return seen / (time.perf_counter() - t0)
-
-        return rate
-
-    loaders = {
-        "loader1": loader(1),
-        "loader2": loader(2),
-        "reads1": loader(1, count_only),
-        "u8": loader(1, data=ds_u8),
+    streams = {
+        "loader1": Stream(ds, 1, SharedBatches()),
+        "loader2": Stream(ds, 2, SharedBatches()),
+        "plain1": Stream(ds, 1, collate_samples),
+        "float1": Stream(ds_float, 1, SharedBatches()),
+        "reads1": Stream(ds, 1, count_only),
+        "reads2": Stream(ds, 2, count_only),
+        "threads2": Stream(SlideTileDataset(out, [slide], cache_mib=cache_mib, threads=2), 0, collate_samples),
+        "raw_w1": Stream(RawTiles(slide, coords, size0, cached), 1, count_only),
+        "raw_w2": Stream(RawTiles(slide, coords, size0, cached), 2, count_only),
     }
-    rates: dict[str, list[float]] = {k: [] for k in loaders}
-    ratios: dict[str, list[float]] = {k: [] for k in loaders}
+    ratios: dict[str, list[float]] = {k: [] for k in streams}
+    effs: dict[str, list[float]] = {k: [] for k in streams}
+    rates: dict[str, list[float]] = {k: [] for k in streams}
     for _ in range(rounds):
-        for key, fn in loaders.items():
-            base = raw_pass()
-            rates[key].append(fn())
-            ratios[key].append(rates[key][-1] / base)
+        before = raw_window()
+        for key, stream in streams.items():
+            rate, ns_per_tile = stream.rate(n)
+            after = raw_window()
+            rates[key].append(rate / stream.readers)
+            ratios[key].append(rate / stream.readers / ((before[0] + after[0]) / 2))
+            effs[key].append((before[1] + after[1]) / 2 / ns_per_tile)
+            before = after
     med = {k: statistics.median(v) for k, v in rates.items()}
     ratio = {k: statistics.median(v) for k, v in ratios.items()}
-    return [
-        ("raw `read_region` + RGB loop, 1 process", per_s["raw"], 1.0),
-        ("`Slide.read_tile` (the dataset's reader)", per_s["read_tile"], per_s["read_tile"] / per_s["raw"]),
-        ("SlideTileDataset items, uint8", per_s["u8_items"], per_s["u8_items"] / per_s["raw"]),
-        ("SlideTileDataset items, float in [0, 1] (the default)", per_s["items"], per_s["items"] / per_s["raw"]),
-        ("DataLoader, 1 worker, batch 32, float items", med["loader1"], ratio["loader1"]),
-        ("DataLoader, 2 workers, batch 32, float items (ratio per worker)", med["loader2"], ratio["loader2"] / 2),
-        ("DataLoader, 1 worker, uint8 items (as extract_slide_features)", med["u8"], ratio["u8"]),
-        ("DataLoader, 1 worker, images dropped in the worker (reads only)", med["reads1"], ratio["reads1"]),
+    eff = {k: statistics.median(v) for k, v in effs.items()}
+    rows = [
+        ("raw `read_region` + RGB loop, 1 process", "raw"),
+        ("`Slide.read_tile` (the dataset's reader)", "read_tile"),
+        ("SlideTileDataset items (uint8, the default)", "items"),
+        ("SlideTileDataset items, `uint8=False` (float in [0, 1])", "float_items"),
     ]
+    out = [(name, per_s[k], per_s[k] / per_s["raw"], cpu_eff[k]) for name, k in rows]
+    rows = [
+        ("**DataLoader, 1 worker, batch 32** (uint8, channels-last, shared slabs)", "loader1"),
+        ("**DataLoader, 2 workers, batch 32, per worker**", "loader2"),
+        ("DataLoader, 1 worker, torch's collate (fresh shared memory per batch)", "plain1"),
+        ("DataLoader, 1 worker, float items", "float1"),
+        ("DataLoader, 1 worker, reads only (images dropped in the worker)", "reads1"),
+        ("DataLoader, 2 workers, reads only, per worker", "reads2"),
+        ("**DataLoader, no worker, `threads=2`, per thread** (nothing to hand over)", "threads2"),
+        ("the raw loop itself in 1 loader worker (reads only)", "raw_w1"),
+        ("the raw loop itself in 2 loader workers, per worker (this machine's ceiling)", "raw_w2"),
+    ]
+    return out + [(name, med[k], ratio[k], eff[k]) for name, k in rows]
 
 
-def count_only(samples: list) -> int:
-    """A collate that drops the images: the worker's reading cost without the batch's trip to the main process."""
-    return len(samples)
+def print_throughput(work: Path, rounds: int, passes: int) -> None:
+    """The throughput table: both cache regimes side by side."""
+    cached = throughput(CMU, work / "cmu", rounds, passes, cached=True)
+    decoded = throughput(CMU, work / "cmu", rounds, passes, cached=False)
+    print(f"\nThroughput on {CMU.name}, 256 px tiles at 0.5 um/px ({rounds} rounds, medians):\n")
+    print("| reader | cached: tiles/s | to raw | CPU efficiency | every read decodes: tiles/s | to raw | CPU eff. |")
+    print("|---|---|---|---|---|---|---|")
+    for (name, rate, ratio, eff), (_, rate_d, ratio_d, eff_d) in zip(cached, decoded):
+        print(f"| {name} | {rate:.0f} | {ratio:.2f} | {eff:.2f} | {rate_d:.0f} | {ratio_d:.2f} | {eff_d:.2f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--slides", nargs="+", default=["10000@0.5", "40000@0.5", "20000@2"], help="side@mpp")
+    parser.add_argument("--slides", nargs="*", default=["10000@0.5", "40000@0.5", "20000@2"], help="side@mpp")
     parser.add_argument("--stream", type=int, default=2000, help="tiles streamed from each synthetic slide")
     parser.add_argument("--workdir", default=tempfile.gettempdir())
+    parser.add_argument("--memory-only", action="store_true", help="skip the throughput tables")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -215,13 +356,10 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="domainfm-tiling-bench-", dir=args.workdir))
     try:
-        rows = throughput(CMU, work / "cmu", args.rounds, args.passes)
-        print(f"\nThroughput on {CMU.name}, 256 px tiles at 0.5 um/px ({args.rounds} rounds, medians):\n")
-        print("| reader | tiles/s | ratio to raw (median of per-round ratios) |")
-        print("|---|---|---|")
-        for name, rate, ratio in rows:
-            print(f"| {name} | {rate:.0f} | {ratio:.2f} |")
-
+        if not args.memory_only:
+            print_throughput(work, args.rounds, args.passes)
+        if not args.slides:
+            return
         base = {mode: run_child(f"import-{mode}")["peak_rss_mib"] for mode in ("tiling", "dataset")}
         mem_rows = []
         for spec in args.slides:

@@ -3,7 +3,7 @@
 The dataset holds paths and coordinate arrays only; each process (main, DataLoader worker, DDP rank) opens the
 slides it reads on first use and keeps at most ``max_open`` of them open, so it pickles small and never shares an
 OpenSlide handle across processes. The open slides of a process share one decoded-tile cache of ``cache_mib``
-(OpenSlide would give each its own 32 MiB: 2 GiB per worker for 64 slides drawn at random). ``threads`` read a
+(OpenSlide alone gives each its own 32 MiB: up to 2 GiB per worker for 64 slides drawn at random). ``threads`` read a
 loader's batch concurrently within a process. Rank sharding is the sampler's job (the core ``StreamSampler``);
 :meth:`SlideTileDataset.sample_weights` makes its draws balanced across slides.
 """
@@ -117,7 +117,7 @@ class SlideTileDataset(Dataset):
         size: int | None = None,
         max_open: int = 64,
         uint8: bool = True,
-        cache_mib: int = 64,
+        cache_mib: int = 32,
         threads: int = 1,
     ):
         self.slides = load_slide_tiles(coords, slides, names)
