@@ -43,6 +43,17 @@ class Regress(Method):
         return {"loss": loss}
 
 
+class MeanColour(Method):
+    """The square of a linear map of the images' mean colour."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Linear(3, 1)
+
+    def forward(self, batch, ctx):
+        return {"loss": self.backbone(batch["image"].mean((2, 3))).pow(2).mean()}
+
+
 def _cfg(**kw):
     base = dict(
         max_steps=6,
@@ -96,24 +107,16 @@ def test_unreadable_images_are_skipped_counted_and_named(tmp_path, kather_tiles)
     (root / "02_STROMA" / "cut.tif").write_bytes(good.read_bytes()[:600])
     from domainfm.data.transforms import ImageTransform, RandomView
 
-    class Mean(Method):
-        def __init__(self):
-            super().__init__()
-            self.backbone = nn.Linear(3, 1)
-
-        def forward(self, batch, ctx):
-            return {"loss": self.backbone(batch["image"].mean((2, 3))).pow(2).mean()}
-
     transform = ImageTransform(RandomView(16, [0.5] * 3, [0.25] * 3))
     summary = Trainer(
-        Mean(), ImageFolder(root), tmp_path / "run", _cfg(batch_size=13, max_steps=4), transform=transform
+        MeanColour(), ImageFolder(root), tmp_path / "run", _cfg(batch_size=13, max_steps=4), transform=transform
     ).fit()
     names = sorted(s.split(":")[0].rsplit("/", 1)[-1] for s in summary.skipped_files)
     assert names == ["broken.png", "cut.tif"]
     assert "skipped files  2" in summary.render()
 
     strict = Trainer(
-        Mean(),
+        MeanColour(),
         ImageFolder(root),
         tmp_path / "strict",
         _cfg(batch_size=13, max_steps=4, strict_data=True),
@@ -263,15 +266,6 @@ def test_fp16_grad_scaler_skips_overflow_unscales_before_clipping_and_resumes(tm
     assert again.fit().resumed_from == 4 and again.scaler.get_scale() == final_scale
     for name, value in method.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value)
-
-
-class MeanColour(Method):
-    def __init__(self):
-        super().__init__()
-        self.backbone = nn.Linear(3, 1)
-
-    def forward(self, batch, ctx):
-        return {"loss": self.backbone(batch["image"].mean((2, 3))).pow(2).mean()}
 
 
 def test_loader_workers_train_exactly_as_the_main_process(tmp_path, kather_tiles, monkeypatch):
