@@ -31,7 +31,18 @@ def _export(tmp_path, mpp):
     return vit
 
 
-def test_extract_writes_features_of_every_tile(tmp_path, tiled):
+def test_extract_writes_features_of_every_tile(tmp_path, tiled, monkeypatch):
+    import domainfm.pathology.features as features_module
+    from domainfm.pathology.datasets import SlideTileDataset
+
+    threads = []
+
+    class Spy(SlideTileDataset):
+        def __init__(self, *args, **kwargs):
+            threads.append(kwargs.get("threads"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(features_module, "SlideTileDataset", Spy)
     slide, coords = tiled
     vit = _export(tmp_path, mpp=0.5)
     out = tmp_path / "features"
@@ -44,9 +55,11 @@ def test_extract_writes_features_of_every_tile(tmp_path, tiled):
             f"out={out}",
             "progress=false",
             "data.num_workers=0",
+            "data.threads=3",  # the tiles of each batch read by 3 threads
         ],
     )
     extract.run(cfg)
+    assert threads == [3]
     with h5py.File(out / "CMU-1-Small-Region.h5") as f:
         feats, xy = f["features"][:], f["coords"][:]
         assert f["coords"].attrs["patch_size"] == 256 and f["coords"].attrs["target_mpp"] == 0.5
