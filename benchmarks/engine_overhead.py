@@ -20,6 +20,7 @@ from domainfm.data.collate import collate_samples
 from domainfm.data.folder import ImageFolder
 from domainfm.data.masking import RandomPatchMask
 from domainfm.data.sampling import SeededDataset, StreamSampler
+from domainfm.data.shared_batches import SharedBatches, take
 from domainfm.data.transforms import ImageTransform, RandomView
 from domainfm.engine.optim import build_optimizer
 from domainfm.engine.trainer import Trainer, TrainerConfig
@@ -100,11 +101,11 @@ def loader_throughput(batch: int, workers: int, batches: int = 30) -> float:
         batch_size=batch,
         sampler=StreamSampler(len(data), batch),
         num_workers=workers,
-        collate_fn=collate_samples,
+        collate_fn=SharedBatches() if workers else collate_samples,  # as the Trainer builds it
         generator=torch.Generator(),
         drop_last=True,
     )
-    it = iter(loader)
+    it = map(take, loader)
     next(it)
     t = time.perf_counter()
     for _ in range(batches):
