@@ -16,6 +16,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,10 @@ class SlideTileDataset(Dataset):
             self._lock, self._pid = threading.Lock(), os.getpid()
 
     def _slide(self, s: int) -> Slide:
+        if self._pid == os.getpid() and (slide := self._open.get(s)) is not None:  # the usual case, lock-free
+            with suppress(KeyError):  # another thread evicted it just now: it stays valid for this read
+                self._open.move_to_end(s)
+            return slide
         self._own()
         with self._lock:
             if s in self._open:
@@ -198,7 +203,7 @@ class SlideTileDataset(Dataset):
     def _read(self, index: int) -> tuple[SlideTiles, tuple[int, int], np.ndarray]:
         s, k = self.locate(index)
         tiles = self.slides[s]
-        x, y = (int(v) for v in tiles.coords[k])
+        x, y = tiles.coords[k].tolist()
         return tiles, (x, y), self._slide(s).read_tile(x, y, tiles.size0, tiles.size)
 
     def _item(self, tiles: SlideTiles, xy: tuple[int, int], tile: np.ndarray) -> dict[str, Any]:
