@@ -103,13 +103,19 @@ class SharedBatches:
         return SlabBatch(map_tensors(batch, lambda t: next(views)), slab[:1])
 
     def _free_slab(self, size: int) -> torch.Tensor | None:
+        """A slab of at least ``size`` bytes the main process does not hold: a free one (grown if too small), a new
+        one while fewer than ``max_slabs`` exist, else None."""
         for i, slab in enumerate(self._slabs):
             if int(slab[0]) == 0:
-                if slab.numel() >= size:
-                    return slab
-                self._slabs[i] = slab = torch.zeros(size + size // 4, dtype=torch.uint8).share_memory_()
+                if slab.numel() < size:
+                    self._slabs[i] = slab = _new_slab(size)
                 return slab
         if len(self._slabs) < self.max_slabs:
-            self._slabs.append(torch.zeros(size + size // 4, dtype=torch.uint8).share_memory_())
+            self._slabs.append(_new_slab(size))
             return self._slabs[-1]
         return None
+
+
+def _new_slab(size: int) -> torch.Tensor:
+    """Shared bytes with a quarter of headroom, so that slightly larger batches fit later."""
+    return torch.zeros(size + size // 4, dtype=torch.uint8).share_memory_()
