@@ -45,14 +45,18 @@ class _OpenSlideReader:
         self.objective_power = props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
         self.found_mpp, self.found_source = mpp_from_properties(props)
 
-    def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+    def read_image(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        """The region as an opaque RGBA image (OpenSlide's own, no copy)."""
         region = self.handle.read_region(location, level, size)
-        if self._maybe_transparent(location, level, size) and np.asarray(region)[..., 3].min() < 255:
+        if self._maybe_transparent(location, level, size) and region.getextrema()[3][0] < 255:
             # outside the scanned area: composite on white (OpenSlide returns transparent black there)
             canvas = Image.new("RGBA", region.size, (255, 255, 255, 255))
             canvas.alpha_composite(region)
             region = canvas
-        return np.asarray(region.convert("RGB"))  # Pillow's packed copy: much faster than slicing the RGBA array
+        return region
+
+    def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        return rgb_array(self.read_image(location, level, size))
 
     def _maybe_transparent(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> bool:
         """Whether the region can hold unscanned pixels: it passes the slide's edge, or the slide is sparse."""
@@ -108,6 +112,9 @@ class _ImageReader:
     def _found(self, mpp: float | None, source: str) -> None:
         if plausible(mpp):
             self.found_mpp, self.found_source = round(mpp, 4), source
+
+    def read_image(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        return Image.fromarray(self.read(location, level, size))
 
     def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         (x, y), (w, h) = location, size
@@ -219,22 +226,26 @@ class Slide:
         """``size`` pixels of ``level`` whose top-left is ``location`` in level-0 pixels, as ``H x W x 3`` uint8."""
         return self._read(location, level, _pair(size))
 
-    def _read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+    def _read(
+        self, location: tuple[int, int], level: int, size: tuple[int, int], resize: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """The region as ``H x W x 3`` uint8 (read-only), resampled to ``resize = (width, height)`` if given."""
         try:
-            return self._reader.read((int(location[0]), int(location[1])), level, size)
+            location = (int(location[0]), int(location[1]))
+            if resize is None or resize == size:
+                return self._reader.read(location, level, size)
+            return rgb_array(_resize(self._reader.read_image(location, level, size), resize))
         except Exception as err:  # noqa: BLE001 - a corrupt tile surfaces as OpenSlideError/OSError/ValueError
             raise DataError(f"{self.path}: unreadable region at {tuple(location)} ({_one_line(err)})") from err
 
     def read_tile(self, x0: int, y0: int, size0: Size, out_size: Size) -> np.ndarray:
         """The level-0 box ``(x0, y0, size0)`` resampled to ``out_size`` pixels, read from the best pyramid level.
 
-        ``H x W x 3`` uint8, possibly read-only (``np.array`` it to write)."""
+        ``H x W x 3`` uint8, read-only (``np.array`` it to write)."""
         (w0, h0), (w, h) = _pair(size0), _pair(out_size)
         level = self.best_level(min(w0 / w, h0 / h))
         ds = self.level_downsamples[level]
-        lw, lh = max(1, round(w0 / ds)), max(1, round(h0 / ds))
-        region = self._read((x0, y0), level, (lw, lh))
-        return region if (lw, lh) == (w, h) else _resize(region, (w, h))
+        return self._read((x0, y0), level, (max(1, round(w0 / ds)), max(1, round(h0 / ds))), (w, h))
 
     def read_region_at_mpp(self, x0: int, y0: int, size_px: Size, target_mpp: float) -> np.ndarray:
         """``size_px`` pixels at ``target_mpp`` um/px whose top-left is ``(x0, y0)`` in level-0 pixels."""
@@ -270,8 +281,7 @@ class Slide:
                 x1, y1 = min(width, round((ox + bw) * ds)), min(height, round((oy + bh) * ds))
                 lw = max(1, round((x1 - x0) / self.level_downsamples[level]))
                 lh = max(1, round((y1 - y0) / self.level_downsamples[level]))
-                region = self._read((x0, y0), level, (lw, lh))
-                canvas[oy : oy + bh, ox : ox + bw] = region if (lw, lh) == (bw, bh) else _resize(region, (bw, bh))
+                canvas[oy : oy + bh, ox : ox + bw] = self._read((x0, y0), level, (lw, lh), (bw, bh))
         return canvas
 
     def close(self) -> None:
@@ -302,10 +312,16 @@ def slide_name(path: str | Path) -> str:
     return path.stem
 
 
-def _resize(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Pillow's bilinear resampling (antialiased when shrinking) to ``size = (width, height)``."""
-    image = Image.fromarray(region)
-    return np.asarray(image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """An RGB or RGBA image as ``H x W x 3`` uint8 (alpha dropped), read-only: Pillow packs it in one pass, about
+    3x faster than ``np.asarray(image.convert("RGB"))``, which converts and then packs."""
+    return np.frombuffer(image.tobytes("raw", "RGB"), np.uint8).reshape(image.height, image.width, 3)
+
+
+def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Pillow's bilinear resampling (antialiased when shrinking) to ``size = (width, height)``, as RGB (an opaque
+    RGBA image is converted first: Pillow would resample RGBA premultiplied, twice the passes for the same pixels)."""
+    return image.convert("RGB").resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
 def _one_line(err: BaseException) -> str:

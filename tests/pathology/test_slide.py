@@ -124,6 +124,16 @@ def test_unscanned_pixels_are_white_and_checked_only_where_possible(cmu_slide):
         assert (tile[67:] == 255).all() and (tile[:, 120:] == 255).all() and (tile[:67, :120] < 250).any()
 
 
+def test_rgb_array_is_pillows_rgb_conversion():
+    # the one-pass pack the reader uses instead of convert("RGB") + asarray: same pixels, alpha dropped, rows first
+    rgba = Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 7, 4), dtype=np.uint8), "RGBA")
+    for image in (rgba, rgba.convert("RGB")):
+        array = slide_module.rgb_array(image)
+        assert array.shape == (5, 7, 3) and array.dtype == np.uint8 and not array.flags.writeable
+        np.testing.assert_array_equal(array, np.asarray(image.convert("RGB")))
+        np.testing.assert_array_equal(array, np.asarray(rgba)[..., :3])
+
+
 def test_dicom_wsi_series_folder(tmp_path, caplog):
     """A DICOM WSI (synthetic: no DICOM slide in ../shared/data; one file per level, JPEG tiles) read through
     OpenSlide: levels, MPP from PixelSpacing, pixels; the series folder is one slide named after it, it tiles and
