@@ -3,14 +3,16 @@
 A ``DataLoader`` worker puts every batch into fresh shared memory, which the kernel allocates page by page: on a
 virtual machine about 5 us per 4 KiB page (the CI machine: 250 us for a 256 px uint8 tile, 1 ms for a float one,
 while reading the tile from a slide takes 2-3 ms). :class:`SharedBatches` keeps a few shared slabs per worker and
-copies each batch into a free one; the main process copies it out with :func:`take` (or the loader's pin-memory
-thread does, straight into pinned memory) and marks the slab free again. A slab is reused only once it is marked
-free, so no batch is ever overwritten whatever the consumer does, and a consumer that forgets :func:`take` gets a
-:class:`SlabBatch`, not silently shared data. When all of a worker's slabs are held, the batch goes the default way.
+stacks each batch straight into a free one (no private copy first); the main process copies it out with
+:func:`take` (or the loader's pin-memory thread does, straight into pinned memory) and marks the slab free again.
+A slab is reused only once it is marked free, so no batch is ever overwritten whatever the consumer does, and a
+consumer that forgets :func:`take` gets a :class:`SlabBatch`, not silently shared data. When all of a worker's
+slabs are held, the batch goes the default way.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from functools import partial
@@ -69,51 +71,86 @@ def take(batch: Any) -> Any:
 
 
 class SharedBatches:
-    """A ``collate_fn`` for loader workers: ``collate`` (which must stack into ordinary memory, as the default
-    ``collate_samples(shared=False)`` does) and then a copy of every tensor into a free shared slab of this worker,
-    reused batch after batch (at most ``max_slabs`` per worker; they grow to the largest batch). Outside a worker it
-    is ``collate``. The consumer calls :func:`take` on every batch."""
+    """A ``collate_fn`` for loader workers: every batch goes into a free shared slab of this worker, reused batch
+    after batch (at most ``max_slabs`` per worker; they grow to the largest batch). The default collate
+    (``collate_samples``) stacks straight into the slab; a custom ``collate`` must stack into ordinary memory and its
+    tensors are then copied in. Outside a worker it is the plain collate. The consumer calls :func:`take` on every
+    batch."""
 
     def __init__(self, collate: Callable | None = None, max_slabs: int = 8):
         self.collate = collate if collate is not None else partial(collate_samples, shared=False)
+        self._into_slab = collate is None  # collate_samples takes the slab as its allocator
         self.max_slabs = max_slabs
         self._slabs: list[torch.Tensor] = []
+        self._size = HEADER  # bytes the largest batch so far needed
         self._pid = os.getpid()
 
     def __call__(self, samples: list) -> Any:
-        batch = self.collate(samples)
         if get_worker_info() is None:
-            return batch
+            return self.collate(samples)
         if os.getpid() != self._pid:
-            self._slabs, self._pid = [], os.getpid()
-        leaves: list[torch.Tensor] = []
-        batch = map_tensors(batch, lambda t: leaves.append(_dense(t)) or leaves[-1])
-        offsets, size = [], HEADER
-        for t in leaves:
-            offsets.append(size)
-            size += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
-        slab = self._free_slab(size)
-        if slab is None:
-            return batch
-        slab[0] = 1
-        views = iter(
-            slab[o : o + t.numel() * t.element_size()].view(t.dtype).as_strided(t.shape, t.stride()).copy_(t)
-            for o, t in zip(offsets, leaves)
-        )
-        return SlabBatch(map_tensors(batch, lambda t: next(views)), slab[:1])
+            self._slabs, self._size, self._pid = [], HEADER, os.getpid()
+        i = self._free_slab(self._size)
+        if i is None:  # all held by the main process: torch's way (fresh shared memory)
+            return self.collate(samples)
+        self._slabs[i][0] = 1
+        writer = _SlabWriter(self._slabs[i])
+        batch = self.collate(samples, alloc=writer) if self._into_slab else self.collate(samples)
+        batch = map_tensors(batch, writer.place)  # what was not stacked into the slab is copied in
+        self._size = max(self._size, writer.needed)
+        if writer.needed > writer.slab.numel():  # a new largest batch (the first one, mostly): into a slab that fits
+            self._slabs[i] = _new_slab(writer.needed)
+            self._slabs[i][0] = 1
+            writer = _SlabWriter(self._slabs[i])
+            batch = map_tensors(batch, writer.place)
+        return SlabBatch(batch, self._slabs[i][:1])
 
-    def _free_slab(self, size: int) -> torch.Tensor | None:
-        """A slab of at least ``size`` bytes the main process does not hold: a free one (grown if too small), a new
-        one while fewer than ``max_slabs`` exist, else None."""
+    def _free_slab(self, size: int) -> int | None:
+        """The index of a slab of at least ``size`` bytes the main process does not hold: a free one (grown if too
+        small), a new one while fewer than ``max_slabs`` exist, else None."""
         for i, slab in enumerate(self._slabs):
             if int(slab[0]) == 0:
                 if slab.numel() < size:
-                    self._slabs[i] = slab = _new_slab(size)
-                return slab
+                    self._slabs[i] = _new_slab(size)
+                return i
         if len(self._slabs) < self.max_slabs:
             self._slabs.append(_new_slab(size))
-            return self._slabs[-1]
+            return len(self._slabs) - 1
         return None
+
+
+class _SlabWriter:
+    """Hands out consecutive, aligned pieces of one slab (an :data:`~domainfm.data.collate.Alloc`) and counts the
+    bytes the whole batch needs, fitting or not (a slab too small for a new largest batch is replaced by one that
+    fits)."""
+
+    def __init__(self, slab: torch.Tensor):
+        self.slab, self.used, self.missing = slab, HEADER, 0
+        self._ptr = slab.untyped_storage().data_ptr()
+
+    @property
+    def needed(self) -> int:
+        return self.used + self.missing
+
+    def __call__(self, shape: tuple[int, ...], dtype: torch.dtype, stride: tuple[int, ...] | None = None):
+        nbytes = math.prod(shape) * dtype.itemsize
+        span = -(-nbytes // ALIGN) * ALIGN
+        if self.used + span > self.slab.numel():
+            return None
+        piece = self.slab[self.used : self.used + nbytes].view(dtype)
+        self.used += span
+        return piece.view(shape) if stride is None else piece.as_strided(shape, stride)
+
+    def place(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` if it lies in this slab already, else a copy in it (``t`` itself if there is no room)."""
+        if t.untyped_storage().data_ptr() == self._ptr:
+            return t
+        t = _dense(t)
+        piece = self(tuple(t.shape), t.dtype, t.stride())
+        if piece is None:
+            self.missing += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+            return t
+        return piece.copy_(t)
 
 
 def _new_slab(size: int) -> torch.Tensor:

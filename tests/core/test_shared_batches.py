@@ -1,11 +1,14 @@
 """Batches through reused shared slabs: same values as torch's collate, slabs reused only once taken, no batch
 overwritten while held, pinned copies, a clear error for a second take."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
+from domainfm.data import shared_batches
 from domainfm.data.collate import collate_samples
-from domainfm.data.shared_batches import SharedBatches, SlabBatch, take
+from domainfm.data.shared_batches import HEADER, SharedBatches, SlabBatch, take
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -71,6 +74,39 @@ def test_slabs_are_reused_and_taken_once():
     assert len(flags) == 20 and len(slabs) <= 4  # 2 prefetched + 1 in hand (+1 in flight), reused
     assert take({"x": 1}) == {"x": 1}  # anything else passes through
     assert collate([Samples()[0], Samples()[1]])["meta"] == [0, 1]  # outside a worker: the plain collate
+
+
+def _leaves(batch: dict) -> list[torch.Tensor]:
+    return [batch["image"], batch["x"], *batch["crops"]]
+
+
+def _nbytes(batch: dict) -> int:
+    """What a batch needs in a slab: the header, then every tensor aligned to 64 bytes."""
+    return HEADER + sum(-(-t.numel() * t.element_size() // 64) * 64 for t in _leaves(batch))
+
+
+@pytest.mark.parametrize("collate", [None, partial(collate_samples, shared=False)], ids=["default", "custom"])
+def test_batches_go_straight_into_a_slab_that_fits(monkeypatch, collate):
+    monkeypatch.setattr(shared_batches, "get_worker_info", lambda: object())  # as inside a loader worker
+    make = SharedBatches(collate)
+    outs = []
+    stack = torch.stack
+    monkeypatch.setattr(torch, "stack", lambda *a, **k: outs.append(k.get("out")) or stack(*a, **k))
+    # the first batch sizes the slab (it goes in after collating); a larger one (12 > 8 + 25 % headroom) grows it
+    for n, fits in ((8, False), (8, True), (12, False), (8, True), (12, True)):
+        samples = [Samples()[i] for i in range(n)]
+        outs.clear()
+        batch = make(samples)
+        slab = batch.flag.untyped_storage().data_ptr()
+        assert all(t.untyped_storage().data_ptr() == slab for t in _leaves(batch.batch))
+        if collate is None:  # the default collate stacks into the slab itself, no private batch first
+            assert len(outs) == 4 and all(o is not None for o in outs) == fits  # else the rest is copied in
+        expected = collate_samples(samples, shared=False)
+        got = take(batch)
+        assert all(torch.equal(a, b) for a, b in zip(_leaves(got), _leaves(expected)))
+        assert got["image"].is_contiguous(memory_format=torch.channels_last)
+        assert make._size >= _nbytes(expected)
+    assert make._size == _nbytes(expected) and len(make._slabs) == 1  # each batch taken: one slab, reused
 
 
 def test_pin_memory_thread_takes_the_batch():
