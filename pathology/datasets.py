@@ -207,9 +207,12 @@ class SlideTileDataset(Dataset):
         return tiles, (x, y), self._slide(s).read_tile(x, y, tiles.size0, tiles.size)
 
     def _item(self, tiles: SlideTiles, xy: tuple[int, int], tile: np.ndarray) -> dict[str, Any]:
-        # the reader's array may be read-only (Pillow's buffer): a 0.2 MB copy keeps in-place transforms safe; the
-        # channel-first view is made in NumPy (one torch call per tile: each costs tens of us after a slide read)
-        image = torch.from_numpy(tile.copy().transpose(2, 0, 1)) if self.uint8 else to_tensor(tile)
+        # an OpenSlide read is Pillow's read-only buffer: a 0.2 MB copy keeps in-place transforms safe (a plain image's
+        # read is a fresh array already); the channel-first view is made in NumPy (one torch call per tile: each costs
+        # tens of us after a slide read)
+        if self.uint8 and not (tile.flags.writeable and tile.flags.owndata):
+            tile = tile.copy()
+        image = torch.from_numpy(tile.transpose(2, 0, 1)) if self.uint8 else to_tensor(tile)
         if self.transform is not None:
             image = self.transform(image)
         return {"image": image, "meta": {"slide": tiles.name, "coords": xy}}

@@ -12,7 +12,7 @@ from domainfm.data.collate import collate_samples
 from domainfm.data.sampling import StreamSampler
 from domainfm.errors import DataError
 from domainfm.pathology.datasets import SlideTileDataset
-from domainfm.pathology.tiling import TilingParams, tile_slides
+from domainfm.pathology.tiling import SlideJob, TilingParams, tile_slides
 from torch.utils.data import DataLoader, Subset
 
 
@@ -42,6 +42,18 @@ def test_items_are_the_slide_pixels(tiled):
         assert (item["image"][:, inside:] == 255).all()  # beyond the scan: white, not OpenSlide's transparent black
         assert item["meta"]["slide"] == "CMU-1-Small-Region"
     assert ds.describe(n_cmu).startswith(str(slides["pyramid"]) + " tile (")
+
+
+def test_in_place_transforms_never_reach_the_slide(tiled, shared_data, tmp_path):
+    # OpenSlide reads are Pillow's read-only buffers (copied); a plain image's read is a fresh array (used as is)
+    png = shared_data / "pathology" / "TCGA-HE-7130_1000px.png"
+    tile_slides([SlideJob(png, mpp=0.5)], tmp_path, TilingParams(min_tissue=0.0), progress=False)
+    out, slides = tiled
+    for ds in (SlideTileDataset(out, slides, size=256), SlideTileDataset(tmp_path, [png])):
+        image = ds[0]["image"]
+        expected = image.clone()
+        image.zero_()  # what an in-place transform does
+        assert torch.equal(ds[0]["image"], expected) and expected.float().std() > 10
 
 
 def test_transform_and_missing_slide(tiled):
