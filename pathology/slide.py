@@ -229,7 +229,7 @@ class Slide:
     def _read(
         self, location: tuple[int, int], level: int, size: tuple[int, int], resize: tuple[int, int] | None = None
     ) -> np.ndarray:
-        """The region as ``H x W x 3`` uint8 (read-only), resampled to ``resize = (width, height)`` if given."""
+        """The region as ``H x W x 3`` uint8 (possibly read-only), resampled to ``resize = (width, height)``."""
         try:
             location = (int(location[0]), int(location[1]))
             if resize is None or resize == size:
@@ -241,7 +241,7 @@ class Slide:
     def read_tile(self, x0: int, y0: int, size0: Size, out_size: Size) -> np.ndarray:
         """The level-0 box ``(x0, y0, size0)`` resampled to ``out_size`` pixels, read from the best pyramid level.
 
-        ``H x W x 3`` uint8, read-only (``np.array`` it to write)."""
+        ``H x W x 3`` uint8, possibly read-only (``np.array`` it to write)."""
         (w0, h0), (w, h) = _pair(size0), _pair(out_size)
         level = self.best_level(min(w0 / w, h0 / h))
         ds = self.level_downsamples[level]

@@ -134,7 +134,7 @@ class _SlabWriter:
 
     def __call__(self, shape: tuple[int, ...], dtype: torch.dtype, stride: tuple[int, ...] | None = None):
         nbytes = math.prod(shape) * dtype.itemsize
-        span = -(-nbytes // ALIGN) * ALIGN
+        span = _aligned(nbytes)
         if self.used + span > self.slab.numel():
             return None
         piece = self.slab[self.used : self.used + nbytes].view(dtype)
@@ -148,9 +148,13 @@ class _SlabWriter:
         t = _dense(t)
         piece = self(tuple(t.shape), t.dtype, t.stride())
         if piece is None:
-            self.missing += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+            self.missing += _aligned(t.numel() * t.element_size())
             return t
         return piece.copy_(t)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
 
 
 def _new_slab(size: int) -> torch.Tensor:
