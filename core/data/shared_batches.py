@@ -93,17 +93,15 @@ class SharedBatches:
         i = self._free_slab(self._size)
         if i is None:  # all held by the main process: torch's way (fresh shared memory)
             return self.collate(samples)
-        self._slabs[i][0] = 1
         writer = _SlabWriter(self._slabs[i])
         batch = self.collate(samples, alloc=writer) if self._into_slab else self.collate(samples)
         batch = map_tensors(batch, writer.place)  # what was not stacked into the slab is copied in
         self._size = max(self._size, writer.needed)
         if writer.needed > writer.slab.numel():  # a new largest batch (the first one, mostly): into a slab that fits
             self._slabs[i] = _new_slab(writer.needed)
-            self._slabs[i][0] = 1
             writer = _SlabWriter(self._slabs[i])
             batch = map_tensors(batch, writer.place)
-        return SlabBatch(batch, self._slabs[i][:1])
+        return SlabBatch(batch, writer.slab[:1])
 
     def _free_slab(self, size: int) -> int | None:
         """The index of a slab of at least ``size`` bytes the main process does not hold: a free one (grown if too
@@ -120,11 +118,12 @@ class SharedBatches:
 
 
 class _SlabWriter:
-    """Hands out consecutive, aligned pieces of one slab (an :data:`~domainfm.data.collate.Alloc`) and counts the
-    bytes the whole batch needs, fitting or not (a slab too small for a new largest batch is replaced by one that
-    fits)."""
+    """Marks one slab held and hands out consecutive, aligned pieces of it (an
+    :data:`~domainfm.data.collate.Alloc`); counts the bytes the whole batch needs, fitting or not (a slab too small
+    for a new largest batch is replaced by one that fits)."""
 
     def __init__(self, slab: torch.Tensor):
+        slab[0] = 1  # held from now on, until the main process has taken the batch
         self.slab, self.used, self.missing = slab, HEADER, 0
         self._ptr = slab.untyped_storage().data_ptr()
 
