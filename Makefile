@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m domainfm.demo
+	$(BIN)/python -m domainfm demo pathology
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=10 tests

@@ -101,7 +101,7 @@ def _backbone(seed: int = 0):
 
 
 def run_lightly_mae(steps: int, batch: int, lr: float, wd: float) -> tuple:
-    from domainfm.engine.schedules import CosineSchedule
+    from domainfm.common.schedules import CosineSchedule
     from lightly.models import utils
     from lightly.models.modules import MaskedVisionTransformerTIMM
     from lightly.models.modules.masked_autoencoder_timm import MAEDecoderTIMM
@@ -142,7 +142,7 @@ def run_lightly_mae(steps: int, batch: int, lr: float, wd: float) -> tuple:
 
 
 def run_lightly_dinov2(steps: int, batch: int, lr: float) -> tuple:
-    from domainfm.engine.schedules import CosineSchedule
+    from domainfm.common.schedules import CosineSchedule
     from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
     from lightly.models.modules import DINOv2ProjectionHead, MaskedVisionTransformerTIMM
     from lightly.models.utils import random_block_mask, update_momentum

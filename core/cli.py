@@ -1,49 +1,30 @@
 """The ``domainfm`` command: ``domainfm <subcommand> [key=value ...]``; every subcommand is a Hydra app
-(``--cfg job``, ``-m`` multirun and ``--help`` work as in any Hydra app)."""
+(``--cfg job``, ``-m`` multirun and ``--help`` work as in any Hydra app). The subcommands are the core's and
+every installed domain's (``domainfm.plugins``); ``domainfm demo [domain]`` runs a domain's demo."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from collections.abc import Callable
 
 import hydra
-from domainfm.configsearch import CORE_CONFIGS, list_recipes, searchpath_override
+from domainfm import plugins
+from domainfm.configsearch import (  # noqa: F401 - compose_config: for notebooks and scripts
+    command_overrides,
+    compose_config,
+    list_recipes,
+    register_resolvers,
+)
 from domainfm.errors import DomainfmError
 from omegaconf import DictConfig, OmegaConf
 
-SUBCOMMANDS: dict[str, str] = {
-    "pretrain": "self-supervised pretraining of a backbone (recipe=<domain>/<name>)",
-    "finetune": "finetune a backbone on a labeled set",
-    "evaluate": "frozen-backbone protocols: knn, linear, fewshot, abmil",
-    "extract": "write backbone features of a dataset to .h5",
-    "export": "export a run's backbone as safetensors + timm config.json",
-    "tile": "whole-slide images -> tissue contours, overlays and tile coordinates (.h5) at a chosen MPP",
-    "recipes": "list the recipes with a one-line description",
-}
 
-
-def _register_resolvers() -> None:
-    if not OmegaConf.has_resolver("sample"):
-        from domainfm.sample_data import sample_path
-
-        OmegaConf.register_new_resolver("sample", lambda name: str(sample_path(name)))
-    if not OmegaConf.has_resolver("div"):
-        OmegaConf.register_new_resolver("div", lambda a, b: int(a) // int(b))
-    if not OmegaConf.has_resolver("mul"):
-        OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
-
-
-def _command(name: str) -> Callable[[DictConfig], None]:
-    return importlib.import_module(f"domainfm.commands.{name}").run
-
-
-def _hydra_app(name: str) -> Callable[[], None]:
-    @hydra.main(config_path=str(CORE_CONFIGS), config_name=name, version_base="1.3")
+def _hydra_app(command: plugins.Command) -> Callable[[], None]:
+    @hydra.main(config_path=str(command.config_dir), config_name=command.config, version_base="1.3")
     def app(cfg: DictConfig) -> None:
         try:
-            _command(name)(cfg)
+            command.load()(cfg)
         except Exception as err:
             user = _user_error(err)
             if user is None:
@@ -66,25 +47,22 @@ def _user_error(err: BaseException | None) -> BaseException | None:
     return None
 
 
-def compose_config(command: str, overrides: list[str] | None = None) -> DictConfig:
-    """The config that ``domainfm <command> <overrides>`` would run, composed in this process (for notebooks,
-    scripts and tests): ``pretrain.run(compose_config("pretrain", ["run_dir=runs/x", ...]))``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    _register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CORE_CONFIGS), version_base="1.3"):
-            return compose(config_name=command, overrides=[searchpath_override(), *(overrides or [])])
-    finally:
-        GlobalHydra.instance().clear()
-
-
 def _usage() -> str:
-    width = max(map(len, SUBCOMMANDS))
-    lines = ["usage: domainfm <command> [key=value ...] [--cfg job] [-m]", "", "commands:"]
-    lines += [f"  {k:<{width}}  {v}" for k, v in SUBCOMMANDS.items()]
+    lines = ["usage: domainfm <command> [key=value ...] [--cfg job] [-m]", "       domainfm demo [domain]", ""]
+    found = plugins.domains()
+    width = max((len(c) for d in found.values() for c in d.commands), default=4)
+    for domain in found.values():
+        if not domain.commands:
+            continue
+        missing = f"  [not installed: {domain.install_hint}]" if domain.missing else ""
+        lines.append(f"{domain.name} commands:{missing}" if domain.name != "core" else "commands:")
+        lines += [f"  {c.name:<{width}}  {c.help}" for c in domain.commands.values()]
+        lines.append("")
+    demos = [f"{d.name}{' (not installed)' if d.missing else ''}" for d in found.values() if d.demo]
+    kinds = [f"{k} ({d.name})" for d in found.values() for k in d.kinds]
+    lines.append(f"demos: {', '.join(demos)}  (domainfm demo <domain>)")
+    if kinds:
+        lines.append(f"data kinds for extract/evaluate: {', '.join(kinds)}  (data.kind=<kind>)")
     lines += [
         "",
         "examples:",
@@ -94,7 +72,7 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _check_overrides(name: str, overrides: list[str]) -> str | None:
+def _check_overrides(command: plugins.Command, overrides: list[str]) -> str | None:
     """Compose once to turn Hydra's composition errors into one line listing the valid choices."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -110,11 +88,11 @@ def _check_overrides(name: str, overrides: list[str]) -> str | None:
     plain = _split_flags(overrides)[1]
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CORE_CONFIGS), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(command.config_dir), version_base="1.3"):
             try:
-                compose(config_name=name, overrides=plain)
+                compose(config_name=command.config, overrides=plain)
             except (HydraException, OmegaConfBaseException) as err:
-                return _explain(err, name, plain, compose)
+                return _explain(err, command.config, plain, compose)
     finally:
         GlobalHydra.instance().clear()
     return None
@@ -172,26 +150,49 @@ def _explain(err: Exception, name: str, overrides: list[str], compose) -> str:
     return " ".join(str(err).split())
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        commands = plugins.commands()
+    except DomainfmError as err:  # a broken or clashing domain manifest
+        _fail(str(err))
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return
     name, overrides = argv[0], argv[1:]
-    if name not in SUBCOMMANDS:
-        print(f"error: unknown command {name!r}; valid commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
-        sys.exit(2)
-    _register_resolvers()
-    search = searchpath_override()
+    if name == "demo":
+        from domainfm.commands.demo import run_demo
+
+        try:
+            run_demo(overrides)
+        except Exception as err:
+            user = _user_error(err)
+            if user is None:
+                raise
+            _fail(str(user))
+        return
+    if name not in commands:
+        _fail(f"unknown command {name!r}; valid commands: {', '.join([*commands, 'demo'])}")
+    command = commands[name]
+    try:
+        plugins.domains()[command.domain].require()
+    except ImportError as err:
+        _fail(str(err))
+    register_resolvers()
+    search = command_overrides(name)
     flags = {"-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "-i", "-cn", "--config-name"}
     if not flags.intersection(overrides):
-        problem = _check_overrides(name, [*overrides, search])
+        problem = _check_overrides(command, [*overrides, *search])
         if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            sys.exit(2)
+            _fail(problem)
     flags, plain = _split_flags(overrides)
-    sys.argv = [f"domainfm-{name}", *flags, search, *plain]
-    _hydra_app(name)()
+    sys.argv = [f"domainfm-{name}", *flags, *search, *plain]
+    _hydra_app(command)()
 
 
 if __name__ == "__main__":

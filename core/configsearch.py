@@ -1,50 +1,69 @@
-"""Where Hydra finds configs: the core tree plus each domain package's ``configs/`` (found without importing
-the domain, so recipes are listed even when a domain's extra is not installed)."""
+"""Where Hydra finds configs: the core tree plus each domain's config folder, as its manifest declares
+(``domainfm.plugins``; found without importing the domain, so recipes are listed even without its extra)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import yaml
+from domainfm import plugins
+from omegaconf import DictConfig, OmegaConf
 
 CORE_CONFIGS = Path(__file__).parent / "configs"
-DOMAINS = ("pathology", "medical", "remote_sensing", "three_d", "face_security")
-
-
-def domain_config_dirs() -> list[Path]:
-    dirs = []
-    for domain in DOMAINS:
-        try:
-            spec = importlib.util.find_spec(f"domainfm.{domain}")
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        folder = Path(next(iter(spec.submodule_search_locations))) / "configs"
-        if folder.is_dir():
-            dirs.append(folder)
-    return dirs
 
 
 def config_dirs() -> list[Path]:
-    return [CORE_CONFIGS, *domain_config_dirs()]
+    return plugins.config_dirs()
 
 
-def searchpath_override() -> str:
-    return "hydra.searchpath=[" + ",".join(f"file://{d}" for d in domain_config_dirs()) + "]"
+def searchpath_override(primary: Path = CORE_CONFIGS) -> str:
+    """Every config folder but ``primary`` (the folder of the command's own config) on Hydra's search path."""
+    return "hydra.searchpath=[" + ",".join(f"file://{d}" for d in config_dirs() if d != primary) + "]"
+
+
+def command_overrides(command: str) -> list[str]:
+    """What every composition of ``command`` starts with: the search path and the domains' extra keys."""
+    primary = plugins.commands()[command].config_dir if command in plugins.commands() else CORE_CONFIGS
+    return [searchpath_override(primary), *plugins.extensions(command)]
+
+
+def recipe_description(path: Path) -> str:
+    try:
+        text = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        text = {}
+    return str(text.get("description", "")).strip() if isinstance(text, dict) else ""
 
 
 def list_recipes() -> dict[str, str]:
     """``{"<domain>/<name>": description}`` for every recipe yaml."""
-    recipes = {}
-    for folder in config_dirs():
-        root = folder / "recipe"
-        for path in sorted(root.rglob("*.yaml")) if root.is_dir() else []:
-            key = path.relative_to(root).with_suffix("").as_posix()
-            try:
-                text = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError:
-                text = {}
-            recipes[key] = str(text.get("description", "")).strip()
-    return dict(sorted(recipes.items()))
+    found = {key: path for d in plugins.domains().values() for key, path in d.recipes().items()}
+    return {key: recipe_description(found[key]) for key in sorted(found)}
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("sample"):
+        from domainfm.sample_data import sample_path
+
+        OmegaConf.register_new_resolver("sample", lambda name: str(sample_path(name)))
+    if not OmegaConf.has_resolver("div"):
+        OmegaConf.register_new_resolver("div", lambda a, b: int(a) // int(b))
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
+
+
+def compose_config(command: str, overrides: list[str] | None = None) -> DictConfig:
+    """The config that ``domainfm <command> <overrides>`` would run, composed in this process (for notebooks,
+    scripts and tests): ``pretrain.run(compose_config("pretrain", ["run_dir=runs/x", ...]))``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    found = plugins.commands().get(command)
+    config, folder = (found.config, found.config_dir) if found else (command, CORE_CONFIGS)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+            return compose(config_name=config, overrides=[*command_overrides(command), *(overrides or [])])
+    finally:
+        GlobalHydra.instance().clear()

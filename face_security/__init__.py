@@ -1,5 +1,5 @@
 """domainfm.face_security: face detection and alignment, region parsing, CRFR-P masking, FSFM."""
 
-from domainfm.extras import require_extra
+from domainfm.extras import require_domain
 
-require_extra("face", ["cv2", "skimage"], package="face_security")
+require_domain(__file__)

@@ -1,5 +1,5 @@
 """domainfm.medical: DICOM series, NIfTI and NRRD volumes, spacing and orientation, windowing, LVM-Med."""
 
-from domainfm.extras import require_extra
+from domainfm.extras import require_domain
 
-require_extra("medical", ["pydicom", "nibabel", "monai", "torchio"])
+require_domain(__file__)

@@ -1,5 +1,5 @@
 """domainfm.pathology: whole-slide images, tissue detection, tiling, stain augmentation, UNI, Madeleine."""
 
-from domainfm.extras import require_extra
+from domainfm.extras import require_domain
 
-require_extra("pathology", ["openslide", "h5py", "tifffile"])
+require_domain(__file__)

@@ -1,6 +1,6 @@
-"""The pathology demo (``make demo``): tile the bundled slide, pretrain ``pathology/uni_tiny`` for about two
-minutes on its tissue tiles, then kNN and a linear probe on the bundled Kather 2016 tiles, side by side with the
-same ViT at random initialisation."""
+"""The pathology demo (``make demo`` = ``domainfm demo pathology``): tile the bundled slide, pretrain
+``pathology/uni_tiny`` for about two minutes on its tissue tiles, then kNN and a linear probe on the bundled
+Kather 2016 tiles, side by side with the same ViT at random initialisation."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def _random_init_export(run: Path, out: Path) -> Path:
     return export_backbone(method.backbone, out, OmegaConf.to_container(cfg.preprocess), tag="random-init")
 
 
-def main(out: str | Path = "runs/demo", steps: int = 60) -> dict:
+def main(out: str | Path = "runs/demo", steps: int | str = 60) -> dict:
+    """``domainfm demo pathology [out=<folder>] [steps=<n>]``."""
+    steps = int(steps)
     from domainfm.commands import evaluate, pretrain
 
     start = time.perf_counter()

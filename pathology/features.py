@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from domainfm.common import distributed as dist_utils
 from domainfm.data.collate import collate_samples
 from domainfm.data.shared_batches import SharedBatches, take
-from domainfm.engine import distributed as dist_utils
 from domainfm.engine.runtime import autocast, resolve_precision
 from domainfm.errors import DataError
 from domainfm.pathology.datasets import SlideSource, SlideTileDataset, coords_files

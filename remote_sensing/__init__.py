@@ -1,5 +1,5 @@
 """domainfm.remote_sensing: multiband GeoTIFF chips, band statistics and normalisation, RS-M-CLIP."""
 
-from domainfm.extras import require_extra
+from domainfm.extras import require_domain
 
-require_extra("remote-sensing", ["rasterio"])
+require_domain(__file__)

@@ -28,12 +28,16 @@ from domainfm.evaluation.datasets import ImageList
 from domainfm.evaluation.features import fingerprint
 from domainfm.evaluation.protocols import abmil_on_bags, check_protocols, run_protocols
 from domainfm.evaluation.report import plot_embedding, plot_result, render_summary, write_results
+from domainfm.plugins import kind_hook
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("domainfm")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    hook = kind_hook(cfg, "evaluate")  # a domain's data kind: that domain evaluates it
+    if hook is not None:
+        return hook(cfg)
     out = output_dir(cfg)
     protocols = check_protocols(as_list(cfg.protocol))
     if cfg.get("features"):

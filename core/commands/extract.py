@@ -1,4 +1,5 @@
-"""``domainfm extract backbone=<...> data.root=<...> out=<file.h5>``: features of a dataset into ``.h5``."""
+"""``domainfm extract backbone=<...> data.root=<...> out=<file.h5>``: features of a dataset into ``.h5``; a
+domain's data kind (``domainfm.plugins.kind_hook``) is handed to that domain's extract hook."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from domainfm.data.folder import list_files
 from domainfm.errors import ConfigError
 from domainfm.evaluation.datasets import ImageList, LabeledSet, load_labeled
 from domainfm.evaluation.features import check_channels, fingerprint, load_eval_backbone
+from domainfm.plugins import kind_hook
 from omegaconf import DictConfig
 
 
@@ -30,10 +32,9 @@ def run(cfg: DictConfig) -> Path:
     sources = backbone_sources(cfg)
     if len(sources) != 1:
         raise ConfigError(f"extract takes one backbone, got {len(sources)}; run it once per backbone")
-    if cfg.data.get("coords"):  # whole-slide images tiled by `domainfm tile`: one .h5 per slide
-        from domainfm.commands.extract_slides import run_slides
-
-        return run_slides(cfg, sources[0])
+    hook = kind_hook(cfg, "extract")  # a domain's data (data.kind, or the key a domain declares)
+    if hook is not None:
+        return hook(cfg, sources[0])
     data = _dataset(cfg)
     paths = data.paths if isinstance(data, LabeledSet) else data
     model, preprocess = load_eval_backbone(sources[0], arch=cfg.get("arch"), in_chans=cfg.get("in_chans"))

@@ -7,7 +7,7 @@ import logging
 import os
 
 from domainfm.commands.common import output_dir, write_config
-from domainfm.engine import distributed as dist_utils
+from domainfm.common import distributed as dist_utils
 from domainfm.engine.export import export_backbone
 from domainfm.engine.runtime import seed_everything
 from domainfm.engine.trainer import Trainer, TrainerConfig

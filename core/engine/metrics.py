@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from domainfm.common.runlog import metrics_path
+
 
 class MetricsLogger:
     """Appends to ``<run_dir>/metrics.jsonl``; on resume, lines at or after the resumed step are dropped so the
     file reads as one uninterrupted run."""
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int = 0):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = metrics_path(run_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             self._truncate_after(resume_step)
@@ -48,16 +50,3 @@ class MetricsLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out

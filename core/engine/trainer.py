@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from domainfm.common import distributed as dist_utils
+from domainfm.common.schedules import CosineSchedule
 from domainfm.data.collate import collate_samples
 from domainfm.data.sampling import SeededDataset, StreamSampler
 from domainfm.data.shared_batches import SharedBatches, take
-from domainfm.engine import distributed as dist_utils
 from domainfm.engine.checkpoint import CheckpointManager, atomic_save, capture_rng, restore_rng
 from domainfm.engine.metrics import MetricsLogger
 from domainfm.engine.optim import build_optimizer
 from domainfm.engine.runtime import autocast, resolve_device, resolve_precision, resolve_workers
-from domainfm.engine.schedules import CosineSchedule
 from domainfm.engine.strategy import Strategy
 from domainfm.errors import ConfigError, NonFiniteLossError
 from domainfm.methods.base import Method, StepContext

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from domainfm.backbones.masked_vit import MaskedViT
-from domainfm.engine.schedules import CosineSchedule
+from domainfm.common.schedules import CosineSchedule
 from domainfm.methods.base import Method, StepContext
 from domainfm.methods.ema import ema_update, make_teacher
 from domainfm.methods.heads import MLPHead

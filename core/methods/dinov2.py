@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 from domainfm.backbones.masked_vit import MaskedViT
-from domainfm.engine.schedules import CosineSchedule, LinearWarmupSchedule
+from domainfm.common.schedules import CosineSchedule, LinearWarmupSchedule
 from domainfm.methods.base import Method, StepContext
 from domainfm.methods.ema import ema_update, make_teacher
 from domainfm.methods.heads import DINOHead

@@ -18,7 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from domainfm.engine.distributed import gather_with_grad, rank
+from domainfm.common.distributed import gather_with_grad, rank
 from torch import nn
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from domainfm.engine.distributed import gather_with_grad, rank, world_size
+from domainfm.common.distributed import gather_with_grad, rank, world_size
 
 
 @torch.no_grad()

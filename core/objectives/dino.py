@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from domainfm.engine.distributed import world_size
+from domainfm.common.distributed import world_size
 from torch import nn
 
 

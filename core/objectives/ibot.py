@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from domainfm.engine.distributed import world_size
+from domainfm.common.distributed import world_size
 from domainfm.objectives.dino import _all_reduce, cross_entropy, sinkhorn_knopp
 from torch import nn
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domainfm.engine.metrics import read_metrics
+from domainfm.common.runlog import read_metrics
 
 
 def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path | None:

@@ -7,11 +7,17 @@ import yaml
 from tests.conftest import TINY, run_cli
 
 
-def test_recipes_lists_core_recipe_with_description(tmp_path):
+def test_recipes_are_grouped_by_domain_with_descriptions(tmp_path):
     out = run_cli(["recipes"], tmp_path)
     assert out.returncode == 0, out.stderr
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("core/mae_vit_tiny"))
-    assert "MAE" in line
+    lines = out.stdout.splitlines()
+    assert lines[0] == "core" and "pathology" in lines
+    core = lines[: lines.index("pathology")]
+    line = next(ln for ln in core if ln.strip().startswith("core/mae_vit_tiny"))
+    assert line.startswith("  ") and "MAE (He et al. 2022)" in line
+    assert all(ln.strip().startswith("pathology/") for ln in lines[lines.index("pathology") + 1 :] if ln.strip())
+    only = run_cli(["recipes", "domain=pathology"], tmp_path)
+    assert only.stdout.splitlines()[0] == "pathology" and "core/" not in only.stdout
 
 
 def test_cfg_job_shows_overrides(tmp_path):

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 import torch
+from domainfm.common.schedules import CosineSchedule, LinearWarmupSchedule
 from domainfm.data.folder import ImageFolder
 from domainfm.engine.optim import param_groups
-from domainfm.engine.schedules import CosineSchedule, LinearWarmupSchedule
 from domainfm.engine.trainer import Trainer, TrainerConfig
 from domainfm.errors import DataError, NonFiniteLossError
 from domainfm.methods.base import Method

@@ -56,6 +56,9 @@ def test_without_the_extra_the_error_is_one_line(tmp_path):
 
 
 def test_core_does_not_import_pathology():
-    code = "import sys, domainfm.cli, domainfm.commands.tile; print('domainfm.pathology' in sys.modules)"
+    code = (
+        "import sys, domainfm.cli, domainfm.plugins; domainfm.plugins.domains(); domainfm.cli._usage()\n"
+        "print('domainfm.pathology' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False"

@@ -1,12 +1,10 @@
-"""``domainfm tile data.root=<slides> out=<dir>``: tissue detection and tile coordinates for a folder of slides.
-
-The pathology package is imported inside ``run`` so that the core never imports a domain at import time; without
-the extra the CLI prints the ImportError's one line (``pip install "domainfm[pathology]"``).
-"""
+"""``domainfm tile data.root=<slides> out=<dir>``: tissue detection and tile coordinates for a folder of slides
+(declared in ``pathology/domain.yaml``; config ``pathology/configs/tile.yaml``)."""
 
 from __future__ import annotations
 
 from domainfm.errors import ConfigError
+from domainfm.pathology.tiling import TilingParams, TissueParams, tile_slides
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -14,8 +12,6 @@ def run(cfg: DictConfig) -> dict:
     for key, hint in (("data.root", "a folder of slides"), ("out", "the output folder")):
         if OmegaConf.is_missing(cfg, key):
             raise ConfigError(f"{key}=<{hint}> is required: domainfm tile data.root=<slides> out=<folder>")
-    from domainfm.pathology.tiling import TilingParams, TissueParams, tile_slides
-
     tissue = OmegaConf.to_container(cfg.tissue, resolve=True)
     geojson_dir = tissue.pop("geojson_dir", None)
     data = cfg.data

@@ -1,4 +1,7 @@
-"""``domainfm extract`` on whole-slide images: one TRIDENT-layout ``.h5`` per slide (``features``, ``coords``)."""
+"""``domainfm extract`` on whole-slide images: one TRIDENT-layout ``.h5`` per slide (``features``, ``coords``).
+
+The ``slides`` kind's extract hook (``pathology/domain.yaml``): the core's extract hands over when ``data.coords``
+is set or ``data.kind=slides``."""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ import torch
 from domainfm.engine.runtime import resolve_device, resolve_workers
 from domainfm.errors import DataError
 from domainfm.evaluation.features import load_eval_backbone, pool_tokens
+from domainfm.pathology.datasets import coords_files
+from domainfm.pathology.features import extract_slide_features
+from domainfm.pathology.h5io import read_coords
 from omegaconf import DictConfig
 from torch import nn
 
@@ -32,11 +38,10 @@ def check_mpp(weights_mpp: float | None, tiles_mpp: float, source: str, coords: 
         )
 
 
-def run_slides(cfg: DictConfig, source: str) -> Path:
-    from domainfm.pathology.datasets import coords_files
-    from domainfm.pathology.features import extract_slide_features
-    from domainfm.pathology.h5io import read_coords
-
+def extract(cfg: DictConfig, source: str) -> Path:
+    """Features of every tiled slide in ``data.coords`` (slides in ``data.root``) into ``out/<slide>.h5``."""
+    if not cfg.data.get("coords"):
+        raise DataError("data.kind=slides needs data.coords=<the patches/ folder of domainfm tile>")
     model, preprocess = load_eval_backbone(source, arch=cfg.get("arch"))
     if preprocess.in_chans != 3:
         raise DataError(f"{source} expects {preprocess.in_chans}-channel images; slides are RGB")
