@@ -58,6 +58,9 @@ def _usage() -> str:
         lines.append(f"{domain.name} commands:{missing}" if domain.name != "core" else "commands:")
         lines += [f"  {c.name:<{width}}  {c.help}" for c in domain.commands.values()]
         lines.append("")
+    installed = [d.name for d in found.values() if not d.missing]
+    absent = [f"{d.name} ({d.install_hint})" for d in found.values() if d.missing]
+    lines.append(f"domains: {', '.join(installed)}" + (f"; not installed: {', '.join(absent)}" if absent else ""))
     demos = [f"{d.name}{' (not installed)' if d.missing else ''}" for d in found.values() if d.demo]
     kinds = [f"{k} ({d.name})" for d in found.values() for k in d.kinds]
     lines.append(f"demos: {', '.join(demos)}  (domainfm demo <domain>)")
