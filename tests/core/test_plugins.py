@@ -252,7 +252,8 @@ def test_help_marks_domains_whose_extra_is_missing(monkeypatch):
     assert 'pathology commands:  [not installed: pip install "domainfm[pathology]"]' in text
     assert "demos: core, pathology (not installed)" in text
     domains_line = next(ln for ln in text.splitlines() if ln.startswith("domains: "))
-    assert domains_line.startswith("domains: core, ") and 'pathology (pip install "domainfm[pathology]")' in domains_line
+    assert domains_line.startswith("domains: core, ")
+    assert 'pathology (pip install "domainfm[pathology]")' in domains_line
     monkeypatch.delitem(sys.modules, "openslide")
     assert "pathology commands:\n  tile" in _usage()
 
