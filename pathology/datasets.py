@@ -164,6 +164,18 @@ class SlideTileDataset(Dataset):
         tiles, x, y = self.tile_info(index)
         return f"{tiles.path} tile ({x}, {y})"
 
+    def preprocess_info(self, img_size: int | Sequence[int]) -> dict[str, float | int]:
+        """The scale the export records: the tiles' MPP and side (``tile_px`` at ``mpp``) from the coordinate files,
+        and ``input_mpp``, the MPP a model input of ``img_size`` px sees when a whole tile is resized to it (a 256 px
+        tile at 0.5 um/px fed at 64 px is seen at 2 um/px). Empty when the slides were tiled differently."""
+        mpps = {float(s.attrs.get("target_mpp", 0) or 0) for s in self.slides}
+        sides = {int(s.attrs.get("patch_size", s.size)) for s in self.slides}
+        if len(mpps) != 1 or len(sides) != 1 or not next(iter(mpps)):
+            return {}
+        mpp, side = mpps.pop(), sides.pop()
+        size = img_size if isinstance(img_size, int) else min(int(v) for v in img_size)
+        return {"mpp": mpp, "tile_px": side, "input_mpp": round(mpp * side / int(size), 6)}
+
     def sample_weights(self) -> torch.Tensor:
         """One weight per tile, ``1 / tiles in its slide``: weighted draws (``StreamSampler(weights=...)`` or the
         Trainer's ``sample_weights``) then pick every slide equally often, whatever its size."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,19 @@ def _strip(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     for prefix in _PREFIXES:
         if any(k.startswith(prefix) for k in state) and any(k.startswith(prefix) and "blocks." in k for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    return state
+    return unchunk_blocks(state)
+
+
+_CHUNKED = re.compile(r"^blocks\.(\d+)\.(\d+)\.")
+
+
+def unchunk_blocks(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DINOv2 training checkpoints with ``block_chunks > 0`` name blocks ``blocks.<chunk>.<i>.``, where ``i`` is
+    the global block index (each chunk is padded with Identity modules up to its first block, as DINOv2's
+    ``BlockChunk``); timm names them ``blocks.<i>.``."""
+    if not any(_CHUNKED.match(k) for k in state):
+        return state
+    return {_CHUNKED.sub(r"blocks.\2.", k): v for k, v in state.items()}
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -121,6 +134,44 @@ def _resolve(source: str, arch: str | None) -> tuple[str, dict, dict, dict[str, 
     return name, {}, {}, None
 
 
+_PROVENANCE = (
+    "url",
+    "hf_hub_id",
+    "hf_hub_filename",
+    "file",
+    "source",
+    "license",
+    "origin_url",
+    "paper_ids",
+    "paper_name",
+    "notes",
+    "description",
+    "state_dict",
+    "tag",
+)
+_HEADLESS = ("head", "fc_norm")
+
+
+def check_keys(source: str, architecture: str, missing: list[str], unexpected: list[str]) -> None:
+    """Weights that do not fill the architecture, or hold tensors it has no place for, would give other outputs
+    than the model they came from: both are errors (as timm's strict loading), naming the keys and, for the
+    usual cause, the fix. Only the classifier head (dropped for a headless backbone) and MIM mask tokens pass."""
+    missing = [k for k in missing if not k.startswith(_HEADLESS)]
+    unexpected = [k for k in unexpected if not k.startswith((*_HEADLESS, "mask_token"))]
+    if not missing and not unexpected:
+        return
+    hint = ""
+    if any(".ls1." in k or ".ls2." in k for k in unexpected):
+        hint = "; the weights have LayerScale (ls1/ls2): set backbone.init_values (e.g. 1e-5, as UNI / DINOv2)"
+    elif any(".ls1." in k or ".ls2." in k for k in missing):
+        hint = "; the architecture has LayerScale the weights lack: set backbone.init_values=null"
+    elif any(k.startswith("reg_token") for k in unexpected + missing):
+        hint = "; the register tokens differ: set backbone.reg_tokens to the weights' count"
+    parts = [f"{len(missing)} missing (e.g. {missing[:3]})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"] if unexpected else []
+    raise ConfigError(f"weights from {source} do not fit {architecture}: {', '.join(parts)}{hint}")
+
+
 def load_backbone(
     source: str | Path,
     in_chans: int | None = None,
@@ -159,13 +210,12 @@ def load_backbone(
 
         state = checkpoint_filter_fn(state, model)
         missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(("head", "fc_norm"))]
-        unexpected = [k for k in unexpected if not k.startswith(("head", "fc_norm", "mask_token"))]
-        if missing:
-            raise ConfigError(f"weights from {source} do not fit {architecture}: missing {missing[:5]}")
-        if unexpected:
-            log.warning("ignored %d unexpected keys from %s (e.g. %s)", len(unexpected), source, unexpected[:3])
+        check_keys(source, architecture, missing, unexpected)
     cfg = dict(model.pretrained_cfg)
+    if state is not None:  # the architecture's default cfg describes timm's weights, not these
+        for key in _PROVENANCE:
+            cfg.pop(key, None)
+        cfg["tag"] = pretrained_cfg.get("tag") or "domainfm-loaded"
     cfg.update({k: v for k, v in pretrained_cfg.items() if v is not None})
     chans = model.patch_embed.proj.in_channels
     h, w = model.patch_embed.img_size

@@ -11,6 +11,7 @@ from domainfm.commands.common import output_dir, write_config
 from domainfm.commands.labeled import backbone_names, backbone_sources, labeled_data, open_backbone
 from domainfm.commands.pretrain import trainer_config
 from domainfm.engine.export import export_backbone
+from domainfm.engine.runlock import RunLock
 from domainfm.evaluation.datasets import ImageList
 from domainfm.evaluation.features import extract_features
 from domainfm.evaluation.finetune import finetune, predict_images
@@ -24,6 +25,11 @@ log = logging.getLogger("domainfm")
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
+    with RunLock(out, "domainfm finetune"):
+        return _finetune(cfg, out)
+
+
+def _finetune(cfg: DictConfig, out) -> dict[str, Any]:
     sources = backbone_sources(cfg)
     tcfg = trainer_config(cfg)
     write_config(cfg, out)
@@ -50,8 +56,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "finetune", data.classes, test.labels, probs, int(cfg.metrics.bootstrap), int(cfg.metrics.seed), details
         )
         results[name] = [result]
+        domain_keys = dict((method.backbone.pretrained_cfg or {}).get("domainfm") or {})  # MPP, bands, ...
         export = export_backbone(
-            method.backbone.cpu(), run_dir / "export", preprocess.to_dict(), tag="domainfm-finetune"
+            method.backbone.cpu(),
+            run_dir / "export",
+            {**domain_keys, **preprocess.to_dict()},
+            tag="domainfm-finetune",
+            card={"recipe": f"finetune of {source}", "method": "supervised finetuning", "data": data.source},
         )
         backbones[name] = {"source": source, "run_dir": str(run_dir), "export": str(export)}
         if cfg.report.plots:

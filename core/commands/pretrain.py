@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import os
 from domainfm.commands.common import output_dir, write_config
 from domainfm.common import distributed as dist_utils
 from domainfm.engine.export import export_backbone
+from domainfm.engine.runlock import RunLock
 from domainfm.engine.runtime import seed_everything
 from domainfm.engine.trainer import Trainer, TrainerConfig
 from domainfm.errors import ConfigError
@@ -36,10 +38,34 @@ def _method_report(method, dataset, transform, run_dir, preprocess: dict) -> Non
         log.info("report: %s", path)
 
 
+def data_preprocess(dataset, cfg: DictConfig) -> dict:
+    """What the dataset knows about the scale of its samples (a dataset's optional ``preprocess_info(img_size)``,
+    e.g. the tiles' MPP, their size and the MPP the model input is seen at); it wins over the recipe's values."""
+    info = getattr(dataset, "preprocess_info", None)
+    if info is None:
+        return {}
+    found = dict(info(cfg.preprocess.img_size))
+    for key, value in found.items():
+        given = cfg.preprocess.get(key)
+        if given is not None and given != value:
+            log.warning("preprocess.%s=%s but the data has %s: the export records %s", key, given, value, value)
+    return found
+
+
 def run(cfg: DictConfig) -> dict:
     run_dir = output_dir(cfg)
     tcfg = trainer_config(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:  # the process group starts later, in the Trainer
+    if tcfg.max_steps <= 0:
+        raise ConfigError(
+            f"trainer.max_steps={tcfg.max_steps}: pretraining needs at least 1 step (trainer.max_steps=1000)"
+        )
+    main = int(os.environ.get("RANK", "0")) == 0  # the process group starts later, in the Trainer
+    with RunLock(run_dir, "domainfm pretrain") if main else contextlib.nullcontext():
+        return _pretrain(cfg, run_dir, tcfg, main)
+
+
+def _pretrain(cfg: DictConfig, run_dir, tcfg: TrainerConfig, main: bool) -> dict:
+    if main:
         write_config(cfg, run_dir)
     dataset = instantiate(cfg.data.dataset)
     transform = instantiate(cfg.data.transform) if cfg.data.get("transform") else None
@@ -56,8 +82,16 @@ def run(cfg: DictConfig) -> dict:
     summary = trainer.fit()
     full = trainer.full_method()  # a collective under FSDP: every rank takes part
     if dist_utils.is_main():
-        preprocess = OmegaConf.to_container(cfg.preprocess, resolve=True)
-        summary.export = str(export_backbone(full.backbone, run_dir / "export", preprocess, tag=f"domainfm-{cfg.name}"))
+        preprocess = {**OmegaConf.to_container(cfg.preprocess, resolve=True), **data_preprocess(dataset, cfg)}
+        card = {
+            "recipe": cfg.name,
+            "description": cfg.get("description") or None,
+            "method": type(full).__name__,
+            "steps": summary.steps,
+            "data": f"{len(dataset)} samples ({type(dataset).__name__}), {len(summary.skipped_files)} unreadable",
+        }
+        export = export_backbone(full.backbone, run_dir / "export", preprocess, tag=f"domainfm-{cfg.name}", card=card)
+        summary.export = str(export)
         from domainfm.reports.curves import plot_loss_curve
 
         plot_loss_curve(run_dir)

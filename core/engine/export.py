@@ -1,7 +1,14 @@
 """Export a 2D ViT backbone as ``model.safetensors`` + ``config.json`` that timm loads with
-``timm.create_model("local-dir:<dir>", pretrained=True)``; ``pretrained_cfg`` records the preprocessing the
-weights expect (channels, input size, mean/std); domain keys such as MPP or band names go into a top-level
-``"domainfm"`` entry of ``config.json`` (``load_backbone`` merges them into ``model.pretrained_cfg["domainfm"]``)."""
+``timm.create_model("local-dir:<dir>", pretrained=True)``, plus a model card (``README.md``, as timm's
+``push_to_hf_hub`` writes one).
+
+``pretrained_cfg`` records the preprocessing the weights were trained and are evaluated with — channels, input
+size, mean/std, and the resize: bilinear, no crop (``crop_pct`` 1.0), as domainfm's views — so
+``timm.data.resolve_data_config`` + ``create_transform`` on the export builds domainfm's own pipeline. Provenance
+of weights the backbone was loaded from (hub id, url, licence of ImageNet weights) is not carried over. Domain
+keys such as MPP, tile size or band names go into a top-level ``"domainfm"`` entry of ``config.json``
+(``load_backbone`` merges them into ``model.pretrained_cfg["domainfm"]``); timm ignores unknown top-level keys
+but rejects unknown ``pretrained_cfg`` keys."""
 
 from __future__ import annotations
 
@@ -14,36 +21,112 @@ from typing import Any
 import timm
 from torch import nn
 
+# what describes the architecture's interface (kept from the model's pretrained_cfg); everything else is ours
+_STRUCTURAL = (
+    "architecture",
+    "num_classes",
+    "pool_size",
+    "first_conv",
+    "classifier",
+    "fixed_input_size",
+    "custom_load",
+)
+_CORE_KEYS = ("mean", "std", "img_size", "in_chans", "license")
+
+
+def data_config(preprocess: dict[str, Any], in_chans: int, size: tuple[int, int]) -> dict[str, Any]:
+    """timm's data config for domainfm's evaluation view: resize to ``size`` (bilinear, antialiased), no crop."""
+    return {
+        "input_size": (in_chans, *size),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "mean": tuple(map(float, preprocess["mean"])),
+        "std": tuple(map(float, preprocess["std"])),
+    }
+
 
 def export_backbone(
-    backbone: nn.Module, out_dir: str | Path, preprocess: dict[str, Any], tag: str = "domainfm"
+    backbone: nn.Module,
+    out_dir: str | Path,
+    preprocess: dict[str, Any],
+    tag: str = "domainfm",
+    card: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the backbone to ``out_dir`` atomically (a temporary sibling folder renamed into place)."""
+    """Write the backbone to ``out_dir`` atomically (a temporary sibling folder renamed into place).
+
+    ``card``: what the model card says beyond the preprocessing (``recipe``, ``description``, ``method``,
+    ``data`` summary, ``steps``); ``preprocess["license"]`` (default ``other``) is its licence field.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     in_chans = int(preprocess.get("in_chans", backbone.patch_embed.proj.in_channels))
     size = preprocess.get("img_size", backbone.patch_embed.img_size)
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    cfg = {
-        "tag": tag,
-        "input_size": [in_chans, h, w],
-        "mean": list(map(float, preprocess["mean"])),
-        "std": list(map(float, preprocess["std"])),
-        "license": None,
-    }
-    extra = {k: v for k, v in preprocess.items() if k not in ("mean", "std", "img_size", "in_chans")}
+    data_cfg = data_config(preprocess, in_chans, (h, w))
+    ours = {"tag": tag, **{k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()}}
+    extra = {k: v for k, v in preprocess.items() if k not in _CORE_KEYS}
+    source_cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+    clean = {k: source_cfg[k] for k in _STRUCTURAL if k in source_cfg}
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
+    backbone.pretrained_cfg = {**clean, **ours}  # no provenance or domain keys of loaded weights leak into the file
     try:
-        timm.models.save_for_hf(backbone, str(tmp), model_config={"pretrained_cfg": cfg}, safe_serialization=True)
+        timm.models.save_for_hf(
+            backbone,
+            str(tmp),
+            model_config={"pretrained_cfg": ours},
+            data_config=dict(data_cfg),
+            safe_serialization=True,
+        )
         config = json.loads((tmp / "config.json").read_text())
-        config["pretrained_cfg"].pop("license", None)
         if extra:  # top level: timm's PretrainedCfg accepts no unknown keys, and ignores unknown top-level ones
             config["domainfm"] = extra
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        (tmp / "README.md").write_text(model_card(config, preprocess, card or {}))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     finally:
+        backbone.pretrained_cfg = source_cfg
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def model_card(config: dict[str, Any], preprocess: dict[str, Any], card: dict[str, Any]) -> str:
+    """A Hugging Face model card: YAML front matter (licence, library, tags) and what a user needs to use the
+    weights right. Names no file or folder of the training data (archives hold patient data): counts only."""
+    cfg = config["pretrained_cfg"]
+    license_ = preprocess.get("license") or "other"
+    front = ["---", "library_name: timm", f"license: {license_}", "tags:", "- image-feature-extraction", "- timm"]
+    front += ["- domainfm", "---", ""]
+    title = card.get("recipe") or cfg.get("tag", "domainfm")
+    lines = [f"# {title}", ""]
+    if card.get("description"):
+        lines += [str(card["description"]), ""]
+    lines += ["A domainfm backbone (`" + config["architecture"] + "`, headless).", ""]
+    lines += ["## Training", ""]
+    for key, label in (("method", "method"), ("steps", "optimizer steps"), ("data", "data")):
+        if card.get(key) is not None:
+            lines.append(f"- {label}: {card[key]}")
+    lines += ["", "## Preprocessing the weights expect", ""]
+    c, h, w = cfg["input_size"]
+    lines.append(f"- input: {c} channel(s), {h} x {w} px, resized {cfg['interpolation']}, no crop")
+    lines.append(f"- mean {list(cfg['mean'])}, std {list(cfg['std'])} (after scaling pixels to [0, 1])")
+    for key, value in (config.get("domainfm") or {}).items():
+        lines.append(f"- {key}: {value}")
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import timm",
+        'model = timm.create_model("local-dir:<this folder>", pretrained=True)',
+        "cfg = timm.data.resolve_data_config({}, model=model)",
+        "transform = timm.data.create_transform(**cfg)  # the preprocessing above",
+        "```",
+        "",
+        f"Licence: {license_} (set `preprocess.license=` in the recipe to declare the licence of your weights).",
+        "",
+    ]
+    return "\n".join(front + lines)

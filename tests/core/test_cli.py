@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 from tests.conftest import TINY, run_cli
@@ -82,3 +83,14 @@ def test_multirun_sweeps_seeds_into_separate_folders(tmp_path):
         seeds.append(yaml.safe_load((folder / "config.yaml").read_text())["trainer"]["seed"])
         assert json.loads((folder / "summary.json").read_text())["steps"] == 1
     assert seeds == [0, 1]
+
+
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_pretrain_refuses_to_export_untrained_weights(tmp_path, steps):
+    run = tmp_path / "run"
+    out = run_cli(["pretrain", f"run_dir={run}", f"trainer.max_steps={steps}", *TINY], tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: trainer.max_steps={steps}: pretraining needs at least 1 step (trainer.max_steps=1000)"
+    ]
+    assert not (run / "config.yaml").exists() and not (run / "export").exists()

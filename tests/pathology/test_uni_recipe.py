@@ -34,10 +34,16 @@ def test_uni_tiny_pretrains_on_tiles_of_the_real_slide(tmp_path, shared_data):
     model = timm.create_model(f"local-dir:{run / 'export'}", pretrained=True)
     cfg = model.pretrained_cfg
     assert tuple(cfg["input_size"]) == (3, 64, 64)
-    assert json.loads((run / "export" / "config.json").read_text())["domainfm"] == {"mpp": 0.5}
+    # the tiles' MPP and side from the coordinate files, and the scale the 64 px model input sees: 256 px at 0.5
+    # um/px resized to 64 px is 2 um/px
+    scale = {"mpp": 0.5, "tile_px": 256, "input_mpp": 2.0}
+    assert json.loads((run / "export" / "config.json").read_text())["domainfm"] == scale
     from domainfm.backbones.loading import load_backbone
 
-    assert load_backbone(run).pretrained_cfg["domainfm"] == {"mpp": 0.5}
+    assert load_backbone(run).pretrained_cfg["domainfm"] == scale
+    card = (run / "export" / "README.md").read_text()
+    assert "# uni_tiny" in card and "- method: DINOv2" in card and "- input_mpp: 2.0" in card
+    assert str(slide) not in card and "CMU-1" not in card  # counts, never the archive's file names
     assert model(torch.rand(1, 3, 64, 64)).shape == (1, 192)
     resolved = (run / "config.yaml").read_text()
     assert "HEDJitter" in resolved and "balanced: true" in resolved
