@@ -83,6 +83,7 @@ class Domain:
     demo: dict[str, str] | None = None
     kinds: dict[str, Kind] = field(default_factory=dict)
     source: str = ""  # the entry point or file it came from
+    package: str = ""  # the Python package the manifest belongs to (its _target_s are trusted)
 
     @property
     def missing(self) -> list[str]:
@@ -113,7 +114,7 @@ class Domain:
         return None
 
 
-def read_manifest(path: Path, source: str = "") -> Domain:
+def read_manifest(path: Path, source: str = "", package: str = "") -> Domain:
     """Parse one ``domain.yaml``; errors name the file and the key."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -149,6 +150,7 @@ def read_manifest(path: Path, source: str = "") -> Domain:
         demo=demo,
         kinds=kinds,
         source=source or str(path),
+        package=package,
     )
 
 
@@ -164,10 +166,11 @@ def _manifest_path(value: str) -> Path:
 @functools.cache
 def domains() -> dict[str, Domain]:
     """Every domain: the core first, then the installed ones in name order. Checks that no two declare one name."""
-    found = {"core": read_manifest(CORE_MANIFEST, "domainfm core")}
+    found = {"core": read_manifest(CORE_MANIFEST, "domainfm core", "domainfm")}
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
         try:
-            domain = read_manifest(_manifest_path(ep.value), f"entry point {ep.name} = {ep.value}")
+            package = ep.value.partition(":")[0].strip()
+            domain = read_manifest(_manifest_path(ep.value), f"entry point {ep.name} = {ep.value}", package)
         except (ImportError, ValueError) as err:
             raise PluginError(f"entry point {ep.name} = {ep.value}: {err}") from err
         if domain.name in found:
@@ -251,3 +254,34 @@ def kind_hook(cfg: Any, command: str) -> Callable | None:
     domains()[kind.domain].require()
     module, _, func = kind.hooks[command].partition(":")
     return getattr(importlib.import_module(module), func or command)
+
+
+TRUSTED_ROOTS = ("domainfm", "timm", "torch", "torchvision")
+
+
+def trusted_packages() -> tuple[str, ...]:
+    """Where a ``_target_`` read from a file on disk may point: the core, timm, torch and the installed domains."""
+    roots = [d.package.split(".", 1)[0] for d in domains().values() if d.package]
+    return tuple(dict.fromkeys([*TRUSTED_ROOTS, *roots]))
+
+
+def check_targets(node: Any, origin: str) -> None:
+    """Refuse a config from disk (a run folder's ``config.yaml``) whose ``_target_``s point outside the trusted
+    packages: Hydra would import and call them, and its own blocklist is best effort. ``origin`` names the file."""
+    trusted = trusted_packages()
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                where = f"{key}.{k}" if key else str(k)
+                if k == "_target_" and not (isinstance(v, str) and v.split(".", 1)[0] in trusted and "." in v):
+                    raise ConfigError(
+                        f"{origin}: {where}={v!r} is outside {', '.join(trusted)}; refusing to run code named by a "
+                        "file from disk (only configs of domainfm recipes can be rebuilt)"
+                    )
+                walk(v, where)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+
+    walk(node, "")

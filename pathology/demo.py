@@ -16,12 +16,13 @@ from domainfm.sample_data import sample_path
 
 def _random_init_export(run: Path, out: Path) -> Path:
     """The pretrained run's architecture and preprocessing at its seed's initialisation (the baseline)."""
+    from domainfm.commands.common import load_run_config
     from domainfm.engine.export import export_backbone
     from domainfm.engine.runtime import seed_everything
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(run / "config.yaml")
+    cfg = load_run_config(run / "config.yaml")
     seed_everything(int(cfg.trainer.seed))
     method = instantiate(cfg.method)
     return export_backbone(method.backbone, out, OmegaConf.to_container(cfg.preprocess), tag="random-init")

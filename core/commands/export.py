@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from domainfm.commands.common import load_run_config
 from domainfm.engine.checkpoint import CheckpointManager
 from domainfm.engine.export import export_backbone
 from domainfm.errors import DataError
@@ -17,7 +18,7 @@ def run(cfg: DictConfig) -> Path:
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise DataError(f"{config_path} not found: run_dir must be a folder made by 'domainfm pretrain'")
-    run_cfg = OmegaConf.load(config_path)
+    run_cfg = load_run_config(config_path)
     if cfg.checkpoint:
         state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
     else:

@@ -124,6 +124,16 @@ class CheckpointManager:
                 )
         return None
 
+    def set_aside(self, why: str) -> Path:
+        """Move every checkpoint into ``<folder>/set-aside-<n>-<why>/`` (kept, never deleted; out of the way of
+        resuming and rotation) and return that folder."""
+        n = 1 + sum(1 for p in self.folder.iterdir() if p.is_dir() and p.name.startswith("set-aside-"))
+        dest = self.folder / f"set-aside-{n}-{why}"
+        dest.mkdir(parents=True)
+        for path in self.list():
+            path.rename(dest / path.name)
+        return dest
+
     def latest_path(self) -> Path | None:
         found = self.list()
         return found[-1] if found else None

@@ -21,7 +21,7 @@ from domainfm.engine.metrics import MetricsLogger
 from domainfm.engine.optim import build_optimizer
 from domainfm.engine.runtime import autocast, resolve_device, resolve_precision, resolve_workers
 from domainfm.engine.strategy import Strategy
-from domainfm.errors import ConfigError, NonFiniteLossError
+from domainfm.errors import ConfigError, DataError, NonFiniteLossError
 from domainfm.methods.base import Method, StepContext
 from domainfm.reports.text import skipped_lines
 from torch import nn
@@ -61,6 +61,7 @@ class TrainerConfig:
     patience: int = 0  # early stopping after N evaluations without improvement; 0 = off
     monitor: str = "val_loss"
     monitor_mode: str = "min"  # min | max
+    resume: str = "auto"  # auto: from the newest readable checkpoint | fresh: set earlier checkpoints aside, restart
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainerConfig:
@@ -68,6 +69,8 @@ class TrainerConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown trainer keys {unknown}; valid keys: {sorted(known)}")
+        if values.get("resume", "auto") not in ("auto", "fresh"):
+            raise ConfigError(f"trainer.resume={values['resume']!r}; valid values: auto, fresh")
         return cls(**values)
 
 
@@ -186,8 +189,17 @@ class Trainer:
         self._resume()
 
     def _resume(self) -> None:
+        found = self.checkpoints.list()
+        if found and self.cfg.resume == "fresh":
+            self._set_aside("fresh")
+            return
         loaded = self.checkpoints.load_latest(map_location="cpu")
         if loaded is None:
+            if found:  # a silent restart from step 0 would look like a resumed run
+                raise DataError(
+                    f"every checkpoint in {self.checkpoints.folder} is unreadable ({len(found)}, newest "
+                    f"{found[-1].name}): trainer.resume=fresh restarts from step 0 and keeps them in a set-aside folder"
+                )
             return
         state, path = loaded
         self.strategy.load_model_state(state["model"])
@@ -209,6 +221,12 @@ class Trainer:
             )
         if dist_utils.is_main():
             log.info("resumed from %s (step %d)", path, self.step)
+
+    def _set_aside(self, why: str) -> None:
+        if dist_utils.is_main():
+            dest = self.checkpoints.set_aside(why)
+            log.warning("trainer.resume=fresh: earlier checkpoints moved to %s; starting from step 0", dest)
+        dist_utils.barrier()
 
     def _loader(self) -> DataLoader:
         cfg = self.cfg
