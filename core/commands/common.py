@@ -24,6 +24,15 @@ def output_dir(cfg: DictConfig) -> Path:
         return Path(cfg.run_dir)
 
 
+def apply_data_limits(cfg: DictConfig) -> None:
+    """``data.max_image_pixels``: Pillow's decompression-bomb limit for this process (and its loader workers)."""
+    limit = OmegaConf.select(cfg, "data.max_image_pixels", default=None)
+    if limit is not None:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = int(limit)
+
+
 def load_run_config(path: Path) -> DictConfig:
     """A run folder's ``config.yaml``, checked before anything in it is instantiated: every ``_target_`` must lie
     in domainfm, timm, torch or an installed domain (``domainfm.plugins.check_targets``)."""

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from domainfm.commands.common import output_dir, write_config
+from domainfm.commands.common import apply_data_limits, output_dir, write_config
 from domainfm.commands.labeled import (
     as_list,
     backbone_names,
@@ -35,6 +35,7 @@ log = logging.getLogger("domainfm")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    apply_data_limits(cfg)
     hook = kind_hook(cfg, "evaluate")  # a domain's data kind: that domain evaluates it
     if hook is not None:
         return hook(cfg)

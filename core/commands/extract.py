@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from domainfm.commands.common import apply_data_limits
 from domainfm.commands.labeled import backbone_sources, extract
 from domainfm.data.folder import list_files
 from domainfm.errors import ConfigError
@@ -29,6 +30,7 @@ def _dataset(cfg: DictConfig) -> LabeledSet | list[Path]:
 
 
 def run(cfg: DictConfig) -> Path:
+    apply_data_limits(cfg)
     sources = backbone_sources(cfg)
     if len(sources) != 1:
         raise ConfigError(f"extract takes one backbone, got {len(sources)}; run it once per backbone")

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from domainfm.commands.common import output_dir, write_config
+from domainfm.commands.common import apply_data_limits, output_dir, write_config
 from domainfm.commands.labeled import backbone_names, backbone_sources, labeled_data, open_backbone
 from domainfm.commands.pretrain import trainer_config
 from domainfm.engine.export import export_backbone
@@ -24,6 +24,7 @@ log = logging.getLogger("domainfm")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    apply_data_limits(cfg)
     out = output_dir(cfg)
     with RunLock(out, "domainfm finetune"):
         return _finetune(cfg, out)

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 
-from domainfm.commands.common import output_dir, write_config
+from domainfm.commands.common import apply_data_limits, output_dir, write_config
 from domainfm.common import distributed as dist_utils
 from domainfm.engine.export import export_backbone
 from domainfm.engine.runlock import RunLock
@@ -53,6 +53,7 @@ def data_preprocess(dataset, cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
+    apply_data_limits(cfg)
     run_dir = output_dir(cfg)
     tcfg = trainer_config(cfg)
     if tcfg.max_steps <= 0:

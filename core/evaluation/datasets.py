@@ -255,6 +255,6 @@ def image_channels(path: str | Path) -> int:
             return 1
         if mode in ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
             return 3
-    except OSError:
-        pass
+    except (OSError, Image.DecompressionBombError):
+        pass  # read_image names the problem
     return int(read_image(path, None).shape[0])
