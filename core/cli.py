@@ -17,6 +17,7 @@ from domainfm.configsearch import (  # noqa: F401 - compose_config: for notebook
     register_resolvers,
 )
 from domainfm.errors import DomainfmError
+from domainfm.validation import validate
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -93,12 +94,15 @@ def _check_overrides(command: plugins.Command, overrides: list[str]) -> str | No
     try:
         with initialize_config_dir(config_dir=str(command.config_dir), version_base="1.3"):
             try:
-                compose(config_name=command.config, overrides=plain)
+                cfg = compose(config_name=command.config, overrides=plain)
             except (HydraException, OmegaConfBaseException) as err:
                 return _explain(err, command.config, plain, compose)
+            keep = ("recipe=", "hydra.searchpath", "+extend/")
+            base = compose(config_name=command.config, overrides=[o for o in plain if o.startswith(keep)])
+            user = [o for o in plain if not o.startswith(keep)]
+            return validate(cfg, base, command.name, user)
     finally:
         GlobalHydra.instance().clear()
-    return None
 
 
 _FLAGS_WITH_VALUE = {

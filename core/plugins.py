@@ -21,6 +21,8 @@ The manifest (``domain.yaml`` in the package folder) is read as a file, so disco
       slides:
         detect: data.coords            # chosen when this key is set (or data.kind=slides)
         extract: domainfm.pathology.commands.extract_slides:extract   # hook: extract(cfg, backbone) -> Path
+    required: {data.coords: "the patches/ folder of domainfm tile"}  # hints for keys left ???
+    limits: {tiling.tile_px: {min: 1}}  # ranges checked before a command runs (domainfm.validation)
 
 A domain adds keys to a core command's config with ``<configs>/extend/<name>/<command>.yaml`` (``# @package
 _global_``); the CLI composes it after the core's own file. The core itself is described by ``core/domain.yaml``
@@ -84,6 +86,8 @@ class Domain:
     kinds: dict[str, Kind] = field(default_factory=dict)
     source: str = ""  # the entry point or file it came from
     package: str = ""  # the Python package the manifest belongs to (its _target_s are trusted)
+    required: dict[str, str] = field(default_factory=dict)  # key -> what to give when it is still ???
+    limits: dict[str, dict] = field(default_factory=dict)  # key -> {min|greater|max: number}
 
     @property
     def missing(self) -> list[str]:
@@ -151,6 +155,8 @@ def read_manifest(path: Path, source: str = "", package: str = "") -> Domain:
         kinds=kinds,
         source=source or str(path),
         package=package,
+        required={str(k): str(v) for k, v in (raw.get("required") or {}).items()},
+        limits={str(k): dict(v) for k, v in (raw.get("limits") or {}).items()},
     )
 
 

@@ -130,6 +130,11 @@ def _resolve(source: str, arch: str | None) -> tuple[str, dict, dict, dict[str, 
                 f"{path} is a bare checkpoint: also give the architecture, e.g. arch=vit_base_patch16_224"
             )
         return arch, {}, {}, read_weights(path)
+    if not source.startswith("timm:") and (path.is_absolute() or source.startswith((".", "~")) or "/" in source):
+        raise ConfigError(
+            f"backbone={source}: no such file or folder; give a run or export folder, a checkpoint file (with arch=), "
+            "hf-hub:<org>/<name> or timm:<name>"
+        )
     name = source[len("timm:") :] if source.startswith("timm:") else source
     return name, {}, {}, None
 

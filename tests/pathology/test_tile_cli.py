@@ -37,10 +37,7 @@ def test_cfg_job_and_missing_keys(tmp_path):
     assert cfg["tiling"]["target_mpp"] == 0.25 and cfg["tiling"]["tile_px"] == 256 and cfg["tissue"]["mthresh"] == 7
     missing = run_cli(["tile", "data.root=/x"], tmp_path)
     assert missing.returncode == 2
-    assert (
-        missing.stderr.strip()
-        == "error: out=<the output folder> is required: domainfm tile data.root=<slides> out=<folder>"
-    )
+    assert missing.stderr.strip() == "error: out is required (domainfm tile): give out=<the output file or folder>"
 
 
 def test_without_the_extra_the_error_is_one_line(tmp_path):
