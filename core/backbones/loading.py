@@ -16,6 +16,7 @@ when ``img_size`` differs, the position embedding is resampled (bicubic, timm's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -104,10 +105,14 @@ def _resolve(source: str, arch: str | None) -> tuple[str, dict, dict, dict[str, 
         from huggingface_hub import hf_hub_download
 
         repo = source[len("hf-hub:") :]
-        config_path = Path(hf_hub_download(repo, "config.json"))
+        offline = hub_offline()
+        try:
+            config_path = Path(hf_hub_download(repo, "config.json", local_files_only=bool(offline)))
+        except Exception as err:  # noqa: BLE001 - any failure here means: not to be had
+            raise ConfigError(_unreachable(source, offline, err)) from err
         for name in _WEIGHT_FILES:
             try:
-                hf_hub_download(repo, name)
+                hf_hub_download(repo, name, local_files_only=bool(offline))
                 break
             except Exception:  # noqa: BLE001 - try the next file name
                 continue
@@ -177,6 +182,44 @@ def check_keys(source: str, architecture: str, missing: list[str], unexpected: l
     raise ConfigError(f"weights from {source} do not fit {architecture}: {', '.join(parts)}{hint}")
 
 
+def hub_offline(host: str = "huggingface.co", timeout: float = 2.0) -> str | None:
+    """Why the hub cannot be reached (``HF_HUB_OFFLINE`` set, or no TCP connection within ``timeout`` seconds), or
+    ``None`` when it can: then downloads are tried, else only the local cache is read (no 30-55 s of retries)."""
+    import socket
+
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return "offline (HF_HUB_OFFLINE)"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return f"unreachable ({host}:443)"
+    return None
+
+
+@contextlib.contextmanager
+def _offline_hub(offline: bool):
+    import huggingface_hub.constants as hub
+
+    before = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
+
+
+def _unreachable(source: str, offline: str | None, err: BaseException) -> str:
+    if not offline:
+        return f"backbone={source}: could not be loaded ({' '.join(str(err).split())[:160]})"
+    return (
+        f"backbone={source}: not in the local Hugging Face cache and the hub is {offline}; download it where there "
+        "is network and pass the folder (backbone=<folder with config.json + model.safetensors>) or a checkpoint "
+        "file with arch=<timm name>"
+    )
+
+
 def load_backbone(
     source: str | Path,
     in_chans: int | None = None,
@@ -201,7 +244,18 @@ def load_backbone(
         args["img_size"] = img_size
     src_chans = int(saved_args.get("in_chans", (pretrained_cfg.get("input_size") or [3])[0]))
     if state is None:  # timm's own hub weights: timm adapts channels (sum for 1 channel) and positions itself
-        model = timm.create_model(architecture, pretrained=pretrained, **args, in_chans=in_chans or 3)
+        offline = hub_offline() if pretrained else None
+        try:
+            with _offline_hub(bool(offline)):
+                model = timm.create_model(architecture, pretrained=pretrained, **args, in_chans=in_chans or 3)
+        except RuntimeError as err:
+            if "Unknown model" in str(err):
+                raise ConfigError(
+                    f"backbone={source}: {err}; or give a run/export folder or a checkpoint file"
+                ) from err
+            raise ConfigError(_unreachable(source, offline, err)) from err
+        except OSError as err:  # huggingface_hub's LocalEntryNotFoundError, connection errors
+            raise ConfigError(_unreachable(source, offline, err)) from err
     else:
         if "patch_embed.proj.weight" in state:
             src_chans = state["patch_embed.proj.weight"].shape[1]

@@ -56,3 +56,20 @@ def test_bad_values_are_one_line(tmp_path, kather_tiles, args, message):
     assert out.stderr.strip().splitlines() == [f"error: {message}"]
     assert "Traceback" not in out.stdout + out.stderr
     assert not run.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("backbone", ["hf-hub:lab/not-cached", "vit_tiny_patch16_224.augreg_in21k"])
+def test_hub_weights_offline_fail_fast_in_one_line(tmp_path, kather_tiles, backbone):
+    """HF_HUB_OFFLINE and an empty cache: one line saying how to pass local weights (the cache is read, no download
+    is tried; before, 30-55 s of retries and a traceback). Without HF_HUB_OFFLINE a 2 s reachability check of the hub
+    decides the same."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HOME": str(tmp_path / "hfhome")}
+    out = run_cli(
+        ["extract", f"backbone={backbone}", f"data.root={kather_tiles}", f"out={tmp_path / 'f.h5'}"], tmp_path, env=env
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"error: backbone={backbone}: not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE); "
+        "download it where there is network and pass the folder (backbone=<folder with config.json + "
+        "model.safetensors>) or a checkpoint file with arch=<timm name>"
+    ]
