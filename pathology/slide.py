@@ -167,6 +167,11 @@ class Slide:
                 self._reader = _OpenSlideReader(self.path)
             elif self.path.suffix.lower() in IMAGE_EXTENSIONS:
                 self._reader = _ImageReader(self.path)
+            elif _tiff_magic(self.path):  # a TIFF-based slide (svs, ndpi, scn, bif) OpenSlide cannot read
+                raise DataError(
+                    f"{self.path}: truncated or corrupt slide (a TIFF whose structure OpenSlide cannot read); "
+                    "copy it again from the scanner or archive, or remove it"
+                )
             else:
                 raise DataError(
                     f"{self.path}: not a slide format OpenSlide reads (svs, ndpi, mrxs, scn, vms, bif, tiled TIFF, "
@@ -327,3 +332,13 @@ def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text}"[:200] if text else type(err).__name__
+
+
+def _tiff_magic(path: Path) -> bool:
+    """The file starts like a TIFF or BigTIFF (``II*\\0``, ``MM\\0*``, ``II+\\0``, ``MM\\0+``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")

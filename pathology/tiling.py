@@ -83,6 +83,7 @@ class SlideResult:
     tiles: int = 0
     error: str | None = None
     seconds: float = 0.0
+    stale: list[str] = field(default_factory=list)  # an earlier run's outputs of a slide that failed now, moved
 
 
 @dataclass
@@ -128,6 +129,10 @@ class TilingSummary:
         ]
         if self.no_tissue:
             lines.append(f"no tissue      {len(self.no_tissue)}: {', '.join(self.no_tissue[:10])}")
+        stale = [r.name for r in self.failed if r.stale]
+        if stale:
+            where = Path(self.out_dir) / "stale"
+            lines.append(f"stale outputs  {len(stale)} failed slide(s) had earlier tiles, moved to {where}: {stale[0]}")
         return "\n".join(lines + skipped_lines([r.error for r in self.failed]))
 
 
@@ -216,6 +221,19 @@ def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
         "geojson": out_dir / "contours_geojson" / f"{name}.geojson",
         "overlay": out_dir / "overlays" / f"{name}.png",
     }
+
+
+def set_aside_outputs(out_dir: str | Path, name: str) -> list[str]:
+    """A slide that fails now must not leave the outputs of an earlier run beside the new ones (they would be read
+    as this run's tiles): move them to ``<out>/stale/`` (kept, never deleted) and return where they went."""
+    moved = []
+    for kind, path in output_paths(out_dir, name).items():
+        if path.exists():
+            dest = Path(out_dir) / "stale" / kind / path.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(dest)
+            moved.append(str(dest))
+    return moved
 
 
 def grid(width: int, height: int, size0: int, step0: int) -> np.ndarray:
@@ -342,6 +360,8 @@ def tile_slides(
     bar.set_postfix(tiles=summary.tiles)
 
     def record(result: SlideResult) -> None:
+        if result.status == "failed":
+            result.stale = set_aside_outputs(out_dir, result.name)
         if result.status == "failed" and strict:
             raise DataError(f"{result.error} (data.strict=true stops at the first unreadable slide)")
         summary.slides.append(result)

@@ -179,3 +179,28 @@ def test_segmentation_thumbnail_is_capped(pyramid):
         assert seg.shape == (128, 192, 3) and thumb.shape == (683, 1024, 3)  # 8 um/px; overlay 1.5 um/px
         _, capped = _thumbnails(s, 8.0, max_side=96)  # 1536 um / 96 px = 16 um/px: memory bounded on huge slides
         assert capped.shape == (64, 96, 3)
+
+
+def test_a_truncated_svs_is_called_truncated(cmu_slide, tmp_path):
+    """The real Aperio slide cut after 300 kB: a TIFF OpenSlide cannot read, not 'another format to convert'."""
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(cmu_slide.read_bytes()[:300_000])
+    summary = tile_slides(cut, tmp_path / "out", progress=False)
+    (error,) = [r.error for r in summary.failed]
+    assert error == (
+        f"{cut}: truncated or corrupt slide (a TIFF whose structure OpenSlide cannot read); copy it again from the "
+        "scanner or archive, or remove it"
+    )
+
+
+def test_outputs_of_a_slide_that_fails_now_are_moved_aside(synthetic_dir, tmp_path):
+    """Rerun with overwrite=true where a slide now fails (its fallback MPP is gone): its earlier .h5, GeoJSON and
+    overlay must not stay beside the new outputs, where they would be read as this run's tiles; they are kept."""
+    tile_slides(synthetic_dir, tmp_path, mpp=0.5, progress=False)
+    old = (tmp_path / "patches" / "nompp.h5").read_bytes()
+    again = tile_slides(synthetic_dir, tmp_path, overwrite=True, progress=False)
+    assert {r.name: r.status for r in again.slides}["nompp"] == "failed"
+    assert sorted(p.name for p in (tmp_path / "patches").glob("*.h5")) == ["pyramid.h5"]
+    assert (tmp_path / "stale" / "h5" / "nompp.h5").read_bytes() == old
+    assert (tmp_path / "stale" / "overlay" / "nompp.png").is_file()
+    assert f"stale outputs  1 failed slide(s) had earlier tiles, moved to {tmp_path / 'stale'}: nompp" in again.render()
