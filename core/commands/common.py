@@ -44,6 +44,20 @@ def load_run_config(path: Path) -> DictConfig:
     return cfg
 
 
+def job_output(out: str | Path) -> Path:
+    """``out``, or under ``-m`` the job's own folder (the command's ``hydra.sweep`` puts it in ``<out>/<job>``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra = HydraConfig.get()
+        if hydra.mode == RunMode.MULTIRUN:
+            return Path(hydra.runtime.output_dir)
+    except ValueError:  # not under Hydra
+        pass
+    return Path(out)
+
+
 def write_config(cfg: DictConfig, run_dir: Path) -> None:
     """Save the resolved config (with the run folder actually used). Over an earlier run's config: keys that change
     what the checkpoints hold (``name``, ``method``, ``backbone``, ``preprocess``) are refused while that run's

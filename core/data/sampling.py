@@ -103,7 +103,7 @@ class SeededDataset(Dataset):
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, key)
         skipped: list[str] = []
-        for attempt in range(self.max_skips + 1):
+        for attempt in range(min(self.max_skips + 1, len(self.dataset))):
             i = (index + attempt) % len(self.dataset)
             try:
                 with torch.random.fork_rng(devices=[]):
@@ -124,4 +124,14 @@ class SeededDataset(Dataset):
                 continue
             sample["skipped"] = skipped
             return sample
-        raise DataError(f"{self.max_skips + 1} unreadable samples in a row from {self._name(index)}: check the data")
+        everything = len(skipped) == len(self.dataset)
+        where = "every sample is unreadable" if everything else f"{len(skipped)} unreadable samples in a row"
+        raise DataError(f"{where} ({_by_reason(skipped)}; first: {'; '.join(skipped[:3])}): check the data")
+
+
+def _by_reason(skipped: list[str]) -> str:
+    """``"3 DataError, 1 OSError"``: how many of the skipped samples failed with each kind of error."""
+    from collections import Counter
+
+    kinds = Counter(s.split(": ", 2)[1] if s.count(": ") >= 2 else "error" for s in skipped)
+    return ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from domainfm.commands.common import job_output
 from domainfm.errors import ConfigError
 from domainfm.pathology.tiling import TilingParams, TissueParams, tile_slides
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +18,7 @@ def run(cfg: DictConfig) -> dict:
     data = cfg.data
     summary = tile_slides(
         data.root,
-        cfg.out,
+        job_output(cfg.out),
         tiling=TilingParams(**OmegaConf.to_container(cfg.tiling, resolve=True)),
         tissue=TissueParams(**tissue),
         mpp=data.mpp,

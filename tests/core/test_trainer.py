@@ -287,3 +287,18 @@ def test_loader_workers_train_exactly_as_the_main_process(tmp_path, kather_tiles
     assert kinds == ["dict"] * 5 + ["SlabBatch"] * 5
     for a, b in zip(methods[0].parameters(), methods[1].parameters()):
         assert torch.equal(a, b)
+
+
+def test_only_unreadable_files_is_one_error_with_counts_by_reason(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(3):
+        (root / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    (root / "empty.jpg").write_bytes(b"")
+    from domainfm.data.sampling import SeededDataset
+
+    with pytest.raises(DataError) as err:
+        SeededDataset(ImageFolder(root))[0]
+    message = str(err.value)
+    assert message.startswith("every sample is unreadable (3 OSError, 1 UnidentifiedImageError; first: ")
+    assert message.count(str(root)) == 3 and message.endswith("): check the data")  # the first three, named

@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
+from domainfm.pathology.h5io import read_coords
 
 from tests.conftest import run_cli
 
@@ -59,3 +61,25 @@ def test_core_does_not_import_pathology():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False"
+
+
+def test_sweeps_tile_each_job_into_its_own_folder(cmu_slide, tmp_path):
+    out = tmp_path / "out"
+    run = run_cli(
+        ["tile", "-m", f"data.root={cmu_slide}", f"out={out}", "tiling.tile_px=256,512", "progress=false"], tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    for job, side in (("0", 256), ("1", 512)):
+        _, attrs = read_coords(out / job / "patches" / "CMU-1-Small-Region.h5")
+        assert int(attrs["patch_size"]) == side
+    assert not (tmp_path / "multirun").exists() and not (out / "patches").exists()
+
+
+@pytest.mark.parametrize("module", ["skimage", "shapely"])
+def test_the_extra_guard_names_every_missing_library(tmp_path, module):
+    code = f"import sys; sys.modules[{module!r}] = None\nimport domainfm.pathology"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f'ImportError: domainfm pathology needs {module}: pip install "domainfm[pathology]"'
+    )
