@@ -7,6 +7,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+import torch
 from domainfm.backbones.loading import load_backbone
 from domainfm.evaluation.features import load_features
 from domainfm.evaluation.knn import knn_predict
@@ -132,6 +133,15 @@ def test_finetune_reports_test_metrics_of_best_checkpoint_and_exports(tmp_path, 
         assert (out / "report" / name).exists()
     model = load_backbone(out / "export")
     assert len(model.blocks) == 2 and tuple(model.pretrained_cfg["input_size"]) == (3, 32, 32)
+    # pretrain export -> finetune -> its export -> timm's own loader (a loaded model's cfg used to break it)
+    import timm
+
+    again = timm.create_model(f"local-dir:{out / 'export'}", pretrained=True)
+    for a, b in zip(again.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    config = json.loads((out / "export" / "config.json").read_text())
+    assert "domainfm" not in config["pretrained_cfg"] and config["pretrained_cfg"]["tag"] == "domainfm-finetune"
+    assert "- method: supervised finetuning" in (out / "export" / "README.md").read_text()
 
 
 def _slide_bags(folder, n_slides: int = 40, dim: int = 16, seed: int = 0) -> list[tuple[str, str, str]]:
