@@ -1,5 +1,5 @@
 """The pathology demo (``make demo`` = ``domainfm demo pathology``): tile the bundled slide, pretrain
-``pathology/uni_tiny`` for about two minutes on its tissue tiles, then kNN and a linear probe on the bundled
+``pathology/uni_tiny`` for 60 steps (about a minute) on its tissue tiles, then kNN and a linear probe on the bundled
 Kather 2016 tiles, side by side with the same ViT at random initialisation."""
 
 from __future__ import annotations
