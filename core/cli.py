@@ -98,8 +98,11 @@ def _check_overrides(command: plugins.Command, overrides: list[str]) -> str | No
             except (HydraException, OmegaConfBaseException) as err:
                 return _explain(err, command.config, plain, compose)
             keep = ("recipe=", "hydra.searchpath", "+extend/")
-            base = compose(config_name=command.config, overrides=[o for o in plain if o.startswith(keep)])
             user = [o for o in plain if not o.startswith(keep)]
+            # the defaults the user's values are typed against (a second composition only when there are values)
+            base = (
+                compose(config_name=command.config, overrides=[o for o in plain if o.startswith(keep)]) if user else cfg
+            )
             return validate(cfg, base, command.name, user)
     finally:
         GlobalHydra.instance().clear()

@@ -12,13 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 CORE_CONFIGS = Path(__file__).parent / "configs"
 
 
-def config_dirs() -> list[Path]:
-    return plugins.config_dirs()
-
-
 def searchpath_override(primary: Path = CORE_CONFIGS) -> str:
     """Every config folder but ``primary`` (the folder of the command's own config) on Hydra's search path."""
-    return "hydra.searchpath=[" + ",".join(f"file://{d}" for d in config_dirs() if d != primary) + "]"
+    return "hydra.searchpath=[" + ",".join(f"file://{d}" for d in plugins.config_dirs() if d != primary) + "]"
 
 
 def command_overrides(command: str) -> list[str]:

@@ -223,11 +223,6 @@ def extensions(command: str) -> list[str]:
     return [ov for d in domains().values() if (ov := d.extension(command))]
 
 
-def recipe_domains() -> dict[str, Domain]:
-    """``{"<domain>/<name>": owning domain}``."""
-    return {key: d for d in domains().values() for key in d.recipes()}
-
-
 def _select(cfg: Any, key: str) -> Any:
     from omegaconf import OmegaConf
 

@@ -22,7 +22,7 @@ def _leaves(node: Any, prefix: str = ""):
         yield prefix.rstrip("."), node
 
 
-def _rules(key: str) -> tuple[dict, dict]:
+def _rules() -> tuple[dict, dict]:
     required, limits = {}, {}
     for domain in plugins.domains().values():
         required.update(domain.required)
@@ -31,7 +31,7 @@ def _rules(key: str) -> tuple[dict, dict]:
 
 
 def missing_values(cfg: DictConfig, command: str) -> str | None:
-    required, _ = _rules(command)
+    required, _ = _rules()
     raw = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
     for key, value in _leaves(raw):
         if value == "???":
@@ -58,7 +58,7 @@ def wrong_types(base: DictConfig, overrides: list[str]) -> str | None:
 
 
 def out_of_range(cfg: DictConfig) -> str | None:
-    _, limits = _rules("")
+    _, limits = _rules()
     for key, rule in limits.items():
         try:
             value = OmegaConf.select(cfg, key, throw_on_missing=False, default=None)

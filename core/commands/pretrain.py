@@ -14,6 +14,7 @@ from domainfm.engine.runlock import RunLock
 from domainfm.engine.runtime import seed_everything
 from domainfm.engine.trainer import Trainer, TrainerConfig
 from domainfm.errors import ConfigError
+from domainfm.validation import out_of_range
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,10 +57,9 @@ def run(cfg: DictConfig) -> dict:
     apply_data_limits(cfg)
     run_dir = output_dir(cfg)
     tcfg = trainer_config(cfg)
-    if tcfg.max_steps <= 0:
-        raise ConfigError(
-            f"trainer.max_steps={tcfg.max_steps}: pretraining needs at least 1 step (trainer.max_steps=1000)"
-        )
+    problem = out_of_range(cfg)  # the CLI checked already; configs composed in-process get the same limits
+    if problem:
+        raise ConfigError(problem)
     main = int(os.environ.get("RANK", "0")) == 0  # the process group starts later, in the Trainer
     with RunLock(run_dir, "domainfm pretrain") if main else contextlib.nullcontext():
         return _pretrain(cfg, run_dir, tcfg, main)

@@ -4,6 +4,7 @@ registry (torch from this machine's local wheels, as for `make test`)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import venv
 
@@ -19,6 +20,12 @@ def _venv(folder):
     return folder / "bin" / "python"
 
 
+def _source(tmp_path):
+    """A copy of the repository to install from: pip builds in the source tree, which must not gain a build/."""
+    ignore = shutil.ignore_patterns(".venv", ".git", "build", "runs", ".bench", "*.egg-info", "__pycache__", ".*cache")
+    return shutil.copytree(REPO, tmp_path / "src", ignore=ignore)
+
+
 def _pip(python, spec):
     out = subprocess.run([str(python), "-m", "pip", "install", "--quiet", spec], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -26,7 +33,7 @@ def _pip(python, spec):
 
 def test_the_pathology_extra_alone_tiles_the_bundled_slide(tmp_path):
     python = _venv(tmp_path / "venv")
-    _pip(python, f"{REPO}[pathology]")
+    _pip(python, f"{_source(tmp_path)}[pathology]")
     slide = REPO / "pathology" / "sample_data" / "CMU-1-Small-Region.svs"
     out = subprocess.run(
         [str(python), "-m", "domainfm", "tile", f"data.root={slide}", f"out={tmp_path / 'tiles'}", "progress=false"],
@@ -41,7 +48,7 @@ def test_the_pathology_extra_alone_tiles_the_bundled_slide(tmp_path):
 
 def test_the_base_package_alone_runs_the_core_demo(tmp_path):
     python = _venv(tmp_path / "venv")
-    _pip(python, str(REPO))
+    _pip(python, str(_source(tmp_path)))
     demo = subprocess.run(
         [str(python), "-m", "domainfm", "demo", "core", f"run_dir={tmp_path / 'run'}", "trainer.max_steps=5"],
         cwd=tmp_path,
