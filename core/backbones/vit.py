@@ -60,3 +60,14 @@ def patch_grid(model: VisionTransformer, height: int, width: int) -> tuple[int, 
     """Number of patches along H and W for an input of ``height x width`` pixels."""
     ph, pw = model.patch_embed.patch_size
     return height // ph, width // pw
+
+
+def layer_id(name: str, num_blocks: int) -> int:
+    """BEiT/MAE/DINOv2 layer index of a ViT parameter name, for layer-wise lr decay: 0 for the embeddings and tokens
+    (``cls_token``, ``pos_embed``, ``reg_token``, ``patch_embed``, ``mask_token``), ``i + 1`` for ``blocks.i``,
+    ``num_blocks + 1`` for everything after the blocks."""
+    if name.startswith(("cls_token", "pos_embed", "reg_token", "patch_embed", "mask_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_blocks + 1

@@ -18,6 +18,43 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def _interpolation(name: str) -> v2.InterpolationMode:
+    modes = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
+    if name not in modes:
+        raise ValueError(f"interpolation={name!r}: use bilinear or bicubic")
+    return modes[name]
+
+
+def _per_view(value: float | Sequence[float] | None, n: int, what: str) -> list[float]:
+    """One probability per view from a scalar or a list of ``n``."""
+    if value is None:
+        return [0.0] * n
+    values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != n:
+        raise ValueError(f"{what} has {len(values)} values for {n} views; give one per view or a single value")
+    return values
+
+
+class BlurSolarize:
+    """Gaussian blur with probability ``blur`` (kernel ``kernel``, sigma uniform in ``sigma``), then solarisation
+    (``x -> 1 - x`` above 0.5) with probability ``solarize``: the per-view extras of BYOL/DINO/MoCo v3 views, for
+    float images in [0, 1] of any channel count."""
+
+    def __init__(self, blur: float = 0.0, solarize: float = 0.0, kernel: int = 9, sigma: Sequence[float] = (0.1, 2.0)):
+        self.blur, self.solarize = float(blur), float(solarize)
+        self.gaussian = v2.GaussianBlur(kernel, sigma=tuple(sigma))
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.blur and float(torch.rand(())) < self.blur:
+            image = self.gaussian(image)
+        if self.solarize and float(torch.rand(())) < self.solarize:
+            image = torch.where(image >= 0.5, 1.0 - image, image)
+        return image
+
+    def __repr__(self) -> str:
+        return f"BlurSolarize(blur={self.blur}, solarize={self.solarize})"
+
+
 def to_float(image: torch.Tensor) -> torch.Tensor:
     """uint8 -> float32 in [0, 1]; floating images pass unchanged. Other integer types have no agreed range."""
     if image.is_floating_point():
@@ -39,10 +76,18 @@ class RandomView:
         ratio: Sequence[float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
         vflip: float = 0.0,
+        interpolation: str = "bilinear",
     ):
         if len(mean) != len(std):
             raise ValueError(f"mean has {len(mean)} values but std has {len(std)}")
-        ops: list[Any] = [v2.RandomResizedCrop(_pair(size), scale=tuple(scale), ratio=tuple(ratio), antialias=True)]
+        crop = v2.RandomResizedCrop(
+            _pair(size),
+            scale=tuple(scale),
+            ratio=tuple(ratio),
+            interpolation=_interpolation(interpolation),
+            antialias=True,
+        )
+        ops: list[Any] = [crop]
         if hflip:
             ops.append(v2.RandomHorizontalFlip(hflip))
         if vflip:
@@ -92,13 +137,19 @@ def random_crop(
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
     vflip: float = 0.0,
+    interpolation: str = "bilinear",
 ) -> tuple[torch.Tensor, CropParams]:
-    """Random resized crop + flips of a ``C x H x W`` tensor (any C), returning the crop parameters too."""
+    """Random resized crop + flips of a ``C x H x W`` tensor (any C), returning the crop parameters too.
+
+    ``interpolation="bicubic"`` (DINOv2's and MAE's crops) clamps float output to [0, 1], as PIL does."""
     from torchvision.transforms import RandomResizedCrop
     from torchvision.transforms.v2 import functional as TF
 
     top, left, h, w = RandomResizedCrop.get_params(image, list(scale), list(ratio))
-    out = TF.resized_crop(image, top, left, h, w, list(size), antialias=True)
+    mode = _interpolation(interpolation)
+    out = TF.resized_crop(image, top, left, h, w, list(size), interpolation=mode, antialias=True)
+    if mode == v2.InterpolationMode.BICUBIC and out.is_floating_point():
+        out = out.clamp_(0.0, 1.0)
     do_h = bool(torch.rand(()) < hflip)
     do_v = bool(torch.rand(()) < vflip)
     if do_h:
@@ -146,8 +197,17 @@ class RGBPhotometric:
 class MultiCropView:
     """``n_global`` global and ``n_local`` local views (DINO multi-crop). Output keys: ``global_crops`` (list of
     ``C x G x G``), ``local_crops`` (list of ``C x L x L``), and ``crop_params`` (one :class:`CropParams` per view,
-    global first) when ``return_params``. ``photometric`` (e.g. :class:`RGBPhotometric`) runs before normalisation;
-    ``masking`` adds ``masks`` ``(n_global, N)`` for the global views (iBOT)."""
+    global first) when ``return_params``. ``photometric`` (e.g. :class:`RGBPhotometric`) runs on every view before
+    normalisation; ``masking`` adds ``masks`` ``(n_global, N)`` for the global views (iBOT).
+
+    Asymmetric views (BYOL, DINO, DINOv2, MoCo v3): after ``photometric``, view ``i`` of the globals is blurred with
+    probability ``global_blur[i]`` and solarised with ``global_solarize[i]``, the locals with ``local_blur`` /
+    ``local_solarize`` (:class:`BlurSolarize`). DINOv2's intended values are ``global_blur=[1.0, 0.1]``,
+    ``global_solarize=[0.0, 0.2]``, ``local_blur=0.5`` (DINO's paper and code, BYOL's Table 6). DINOv2's released
+    ``data/augmentations.py`` passes ``p`` to a ``GaussianBlur(RandomApply)`` whose ``keep_p = 1 - p`` is the
+    probability of *applying*, so its effective values are 0.0 / 0.9 / 0.5 (dinov2 PR #411): pass
+    ``global_blur=[0.0, 0.9]`` to reproduce the released weights' augmentation. Crops are resized with
+    ``interpolation`` (DINOv2: bicubic)."""
 
     def __init__(
         self,
@@ -164,6 +224,12 @@ class MultiCropView:
         photometric=None,
         masking=None,
         return_params: bool = False,
+        global_blur: float | Sequence[float] | None = None,
+        global_solarize: float | Sequence[float] | None = None,
+        local_blur: float = 0.0,
+        local_solarize: float = 0.0,
+        blur_kernel: int = 9,
+        interpolation: str = "bicubic",
     ):
         self.global_size, self.local_size = _pair(global_size), _pair(local_size)
         self.n_global, self.n_local = n_global, n_local
@@ -171,18 +237,26 @@ class MultiCropView:
         self.hflip, self.vflip = hflip, vflip
         self.photometric, self.masking, self.return_params = photometric, masking, return_params
         self.normalize = Normalize(mean, std)
+        self.interpolation = interpolation
+        _interpolation(interpolation)
+        blurs = _per_view(global_blur, n_global, "global_blur")
+        solarizes = _per_view(global_solarize, n_global, "global_solarize")
+        self.global_extras = [BlurSolarize(b, s, blur_kernel) for b, s in zip(blurs, solarizes)]
+        self.local_extra = BlurSolarize(local_blur, local_solarize, blur_kernel)
 
-    def _view(self, image: torch.Tensor, size, scale):
-        out, params = random_crop(image, size, scale, hflip=self.hflip, vflip=self.vflip)
+    def _view(self, image: torch.Tensor, size, scale, extra: BlurSolarize):
+        out, params = random_crop(
+            image, size, scale, hflip=self.hflip, vflip=self.vflip, interpolation=self.interpolation
+        )
         out = to_float(out)
         if self.photometric is not None:
             out = self.photometric(out)
-        return self.normalize(out), params
+        return self.normalize(extra(out)), params
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         image = sample["image"]
-        views = [self._view(image, self.global_size, self.global_scale) for _ in range(self.n_global)]
-        views += [self._view(image, self.local_size, self.local_scale) for _ in range(self.n_local)]
+        views = [self._view(image, self.global_size, self.global_scale, extra) for extra in self.global_extras]
+        views += [self._view(image, self.local_size, self.local_scale, self.local_extra) for _ in range(self.n_local)]
         out = {k: v for k, v in sample.items() if k != "image"}
         out["global_crops"] = [v for v, _ in views[: self.n_global]]
         out["local_crops"] = [v for v, _ in views[self.n_global :]]
@@ -194,7 +268,9 @@ class MultiCropView:
 
 
 class TwoViews:
-    """Two independently augmented views ``view1``/``view2`` (SimCLR, MoCo v3, BYOL) with crop parameters."""
+    """Two independently augmented views ``view1``/``view2`` (SimCLR, MoCo v3, BYOL) with crop parameters.
+    ``blur``/``solarize`` give each view its probabilities (MoCo v3 and BYOL: blur ``[1.0, 0.1]``, solarise
+    ``[0.0, 0.2]``; SimCLR: blur 0.5 on both); see :class:`MultiCropView`."""
 
     def __init__(
         self,
@@ -205,6 +281,10 @@ class TwoViews:
         hflip: float = 0.5,
         vflip: float = 0.0,
         photometric=None,
+        blur: float | Sequence[float] | None = None,
+        solarize: float | Sequence[float] | None = None,
+        blur_kernel: int = 9,
+        interpolation: str = "bilinear",
     ):
         self.inner = MultiCropView(
             size,
@@ -217,6 +297,10 @@ class TwoViews:
             vflip=vflip,
             photometric=photometric,
             return_params=True,
+            global_blur=blur,
+            global_solarize=solarize,
+            blur_kernel=blur_kernel,
+            interpolation=interpolation,
         )
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:

@@ -27,11 +27,16 @@ class Strategy:
             raise ConfigError(f"trainer.strategy={name} is not one of auto, single, ddp, fsdp")
         if world == 1 or name == "single":
             return Strategy(method, device)
+        sync_batchnorm(method, device)
         if name == "fsdp":
             return FSDPStrategy(method, device)
         return DDPStrategy(method, device)
 
     def maybe_no_sync(self, sync: bool):
+        return contextlib.nullcontext()
+
+    def gathered(self):
+        """Context in which submodules of the method may be called outside its ``forward`` (e.g. the backbone)."""
         return contextlib.nullcontext()
 
     def model_state(self) -> dict[str, Any]:
@@ -49,6 +54,21 @@ class Strategy:
     def full_module(self, method: nn.Module) -> nn.Module:
         """A CPU copy of the method with full weights (for export)."""
         return copy.deepcopy(method).cpu()
+
+
+def sync_batchnorm(method: nn.Module, device: torch.device) -> int:
+    """Replace the method's BatchNorm layers (SimCLR / MoCo v3 heads) by ``SyncBatchNorm`` in place, as the reference
+    codes do under DDP, so batch statistics span every process; returns how many. Only on GPUs: SyncBatchNorm has no
+    CPU kernel, so multi-process CPU runs (gloo) keep per-process statistics."""
+    if device.type != "cuda":
+        return 0
+    count = 0
+    for parent in list(method.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                setattr(parent, child_name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                count += 1
+    return count
 
 
 class DDPStrategy(Strategy):
@@ -80,6 +100,16 @@ class FSDPStrategy(Strategy):
             fully_shard(block)
         fully_shard(method)
         self.model = method
+
+    @contextlib.contextmanager
+    def gathered(self):
+        """The root's parameters (patch embedding, norms, heads) are all-gathered for the duration; the blocks
+        gather themselves in their own forward hooks. Every process must enter it."""
+        self.method.unshard()
+        try:
+            yield
+        finally:
+            self.method.reshard()
 
     def _options(self, **kw):
         from torch.distributed.checkpoint.state_dict import StateDictOptions

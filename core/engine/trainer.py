@@ -17,6 +17,7 @@ from domainfm.data.collate import collate_samples
 from domainfm.data.sampling import SeededDataset, StreamSampler
 from domainfm.data.shared_batches import SharedBatches, take
 from domainfm.engine.checkpoint import CheckpointManager, atomic_save, capture_rng, restore_rng
+from domainfm.engine.collapse import RankMonitor
 from domainfm.engine.metrics import MetricsLogger
 from domainfm.engine.optim import build_optimizer
 from domainfm.engine.runtime import autocast, resolve_device, resolve_precision, resolve_workers
@@ -43,10 +44,15 @@ class TrainerConfig:
     clip_grad: float | None = 3.0
     optimizer: str = "adamw"
     lr: float = 1.5e-4
+    lr_scaling: str = "none"  # none | linear | sqrt
+    lr_base_batch: int = 256
     min_lr: float = 1.0e-6
     warmup_steps: float = 0.05
     weight_decay: float = 0.05
     weight_decay_end: float | None = None
+    rank_every: int = 100
+    rank_samples: int = 256
+    collapse_fraction: float = 0.02
     betas: tuple[float, float] = (0.9, 0.95)
     checkpoint_every: int = 100
     keep_last: int = 3
@@ -71,7 +77,14 @@ class TrainerConfig:
             raise ConfigError(f"unknown trainer keys {unknown}; valid keys: {sorted(known)}")
         if values.get("resume", "auto") not in ("auto", "fresh"):
             raise ConfigError(f"trainer.resume={values['resume']!r}; valid values: auto, fresh")
+        if values.get("lr_scaling", "none") not in ("none", "linear", "sqrt"):
+            raise ConfigError(f"trainer.lr_scaling={values['lr_scaling']!r}; valid values: none, linear, sqrt")
         return cls(**values)
+
+    def peak_lr(self, world: int) -> float:
+        """``lr`` after the scaling rule, for the global batch ``batch_size x world x accumulate``."""
+        ratio = self.batch_size * world * self.accumulate / self.lr_base_batch
+        return {"none": self.lr, "linear": self.lr * ratio, "sqrt": self.lr * math.sqrt(ratio)}[self.lr_scaling]
 
 
 @dataclass
@@ -90,6 +103,8 @@ class RunSummary:
     best_step: int | None = None
     best_metric: float | None = None
     stopped_early: bool = False
+    final_rank: float | None = None
+    collapsed_at: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +126,9 @@ class RunSummary:
             lines.append(f"best           {self.best_metric:.4f} at step {self.best_step}")
         if self.stopped_early:
             lines.append("stopped early  (no improvement on validation)")
+        if self.final_rank is not None:
+            collapsed = f"  COLLAPSING since step {self.collapsed_at}" if self.collapsed_at is not None else ""
+            lines.append(f"rank (RankMe)  {self.final_rank:.1f} on the fixed batch{collapsed}")
         if self.nonfinite_steps_skipped:
             lines.append(f"non-finite     {self.nonfinite_steps_skipped} steps skipped")
         return "\n".join(lines + skipped_lines(self.skipped_files))
@@ -153,7 +171,8 @@ class Trainer:
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.precision = resolve_precision(cfg.precision, self.device)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_last)
-        self.lr_schedule = CosineSchedule(cfg.lr, cfg.min_lr, warmup_steps=cfg.warmup_steps)
+        self.peak_lr = cfg.peak_lr(self.world)
+        self.lr_schedule = CosineSchedule(self.peak_lr, cfg.min_lr, warmup_steps=cfg.warmup_steps)
         self.wd_schedule = CosineSchedule(cfg.weight_decay, cfg.weight_decay_end)
         self.step = 0
         self.samples_seen = 0
@@ -162,6 +181,8 @@ class Trainer:
         self.resumed_from = 0
         self.step_end_times: list[float] = []  # perf_counter() at the end of each step (for benchmarks)
         self.early_stop = {"best": None, "best_step": None, "bad_evals": 0}
+        self.current_lr = self.peak_lr
+        self.rank_monitor: RankMonitor | None = None
         self.stopped_early = False
 
     @property
@@ -179,7 +200,7 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.method,
             cfg.optimizer,
-            lr=cfg.lr,
+            lr=self.peak_lr,
             weight_decay=cfg.weight_decay,
             betas=tuple(cfg.betas),
             extra_no_decay=self.method.no_weight_decay(),
@@ -187,6 +208,25 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         torch.manual_seed(cfg.seed + 1_000_003 * (self.rank + 1))  # runtime randomness (dropout, drop-path)
         self._resume()
+        self.rank_monitor = RankMonitor.build(
+            self.method,
+            self.dataset,
+            self.transform,
+            self.collate_fn,
+            cfg.rank_samples,
+            cfg.rank_every,
+            cfg.collapse_fraction,
+            cfg.seed + 104_729,
+        )
+        if cfg.lr_scaling != "none" and dist_utils.is_main():
+            log.info(
+                "lr %.3g: %s scaling of %.3g for a global batch of %d (base %d)",
+                self.peak_lr,
+                cfg.lr_scaling,
+                cfg.lr,
+                cfg.batch_size * self.world * cfg.accumulate,
+                cfg.lr_base_batch,
+            )
 
     def _resume(self) -> None:
         found = self.checkpoints.list()
@@ -291,18 +331,25 @@ class Trainer:
                     window.append(last_loss)
                 else:
                     self.nonfinite_skipped += 1
+                ranks = {}
+                if self.rank_monitor is not None and self.rank_monitor.due(self.step, self.step == cfg.max_steps):
+                    with self.strategy.gathered():
+                        ranks = self.rank_monitor.measure(self.method, self.step, self.device, self.precision)
                 if main and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
                     rate = (self.step - start_step) / max(1e-9, time.perf_counter() - t0)
                     record = {
                         **values,
                         "loss": sum(window) / len(window) if window else float("nan"),
-                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "lr": self.current_lr,
                         "steps_per_s": rate,
                         "nonfinite_skipped": self.nonfinite_skipped,
+                        **ranks,
                     }
                     metrics.log(self.step, record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
                     window = []
+                elif main and ranks:
+                    metrics.log(self.step, ranks)
                 bar.update(1)
                 self.step_end_times.append(time.perf_counter())
                 last = self.step == cfg.max_steps
@@ -331,6 +378,8 @@ class Trainer:
             best_step=self.early_stop["best_step"],
             best_metric=self.early_stop["best"],
             stopped_early=self.stopped_early,
+            final_rank=self.rank_monitor.last if self.rank_monitor is not None else None,
+            collapsed_at=self.rank_monitor.collapsed_at if self.rank_monitor is not None else None,
         )
 
     def _evaluate(self, metrics: MetricsLogger | None) -> None:
@@ -368,7 +417,7 @@ class Trainer:
 
     def _train_step(self, batches, ctx: StepContext) -> tuple[dict[str, float], bool]:
         cfg = self.cfg
-        lr = self.lr_schedule(ctx.step, ctx.max_steps)
+        lr = self.current_lr = self.lr_schedule(ctx.step, ctx.max_steps)
         wd = self.wd_schedule(ctx.step, ctx.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -403,7 +452,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.clip_grad)
+            clip_gradients(self.method, cfg.clip_grad)
         self.method.before_optimizer_step(ctx)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -443,6 +492,13 @@ class Trainer:
     def full_method(self) -> nn.Module:
         """A CPU copy of the method with full (unsharded) weights; under FSDP every rank must call it."""
         return self.strategy.full_module(self.method)
+
+
+def clip_gradients(method: Method, max_norm: float) -> list[torch.Tensor]:
+    """Clip each of ``method.grad_clip_groups()`` (default: all parameters together) to ``max_norm``; returns the
+    norms before clipping (tensors: no device sync)."""
+    groups = method.grad_clip_groups() or [list(method.parameters())]
+    return [torch.nn.utils.clip_grad_norm_(params, max_norm) for params in groups]
 
 
 def _is_scalar(v: Any) -> bool:

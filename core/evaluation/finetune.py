@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from domainfm.backbones.vit import layer_id
 from domainfm.data.transforms import ImageTransform, RandomView
 from domainfm.engine.optim import param_groups
 from domainfm.engine.runtime import autocast, resolve_workers
@@ -31,15 +32,6 @@ from domainfm.evaluation.training import class_balance_weights, fit_best, valida
 from domainfm.methods.base import Method, StepContext
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-
-
-def layer_id(name: str, num_blocks: int) -> int:
-    """BEiT/MAE layer index of a backbone parameter name (``num_blocks + 1`` for everything after the blocks)."""
-    if name.startswith(("cls_token", "pos_embed", "reg_token", "patch_embed")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_blocks + 1
 
 
 def set_drop_path(backbone: nn.Module, rate: float) -> None:

@@ -47,6 +47,32 @@ class Method(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return set()
 
+    def grad_clip_groups(self) -> list[list[nn.Parameter]] | None:
+        """Parameter lists whose gradient norms are clipped separately to ``trainer.clip_grad`` (DINOv2 clips each
+        module); ``None``: one global norm over all parameters."""
+        return None
+
+    rank_pooling = "cls"  # how embed() pools the backbone's tokens: cls, or mean (of the patch tokens)
+
+    def rank_inputs(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """One input per sample of a collated training batch, for the collapse monitor: ``image``, ``view1`` or the
+        first global crop; ``None``: nothing to embed (the monitor stays off, as for backbones that are not ViTs)."""
+        if not hasattr(getattr(self, "backbone", None), "forward_features"):
+            return None
+        for key in ("image", "view1"):
+            if isinstance(batch.get(key), torch.Tensor):
+                return batch[key]
+        crops = batch.get("global_crops")
+        return crops[0] if crops else None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features ``(B, D)`` of ``images`` (what the collapse monitor ranks)."""
+        tokens = self.backbone.forward_features(images)
+        prefix = int(getattr(self.backbone, "num_prefix_tokens", 0))
+        if self.rank_pooling == "cls" and prefix:
+            return tokens[:, 0]
+        return tokens[:, prefix:].mean(dim=1)
+
     def report(self, batch: dict[str, Any], out_dir: Path, preprocess: dict[str, Any]) -> list[Path]:
         """Method-specific figures for ``<run_dir>/report`` (e.g. MAE reconstructions). Default: none."""
         return []

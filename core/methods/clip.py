@@ -54,3 +54,8 @@ class CLIP(Method):
     def forward(self, batch, ctx: StepContext | None = None) -> dict[str, torch.Tensor]:
         image, text = self.encode_image(batch["image"]), self.encode_text(batch["text"])
         return {"loss": self.logits(image, text), "logit_scale": self.logits.logit_scale.detach().exp()}
+
+    @torch.no_grad()
+    def after_step(self, ctx: StepContext) -> None:
+        """Clamp the temperature parameter as open_clip does (the logged ``logit_scale`` is the clamped value)."""
+        self.logits.clamp_()

@@ -8,12 +8,20 @@ applied per global view on the backbone cls token; the iBOT head is shared with 
 teacher's momentum follows a cosine 0.992 -> 1 and its temperature warms up linearly 0.04 -> 0.07 over the first
 30 % of training (30 of 100 epochs in DINOv2); the last layer of the DINO head is frozen for the first 1 % of steps.
 The exported backbone is the teacher's, as for published DINOv2/UNI weights.
+
+Optimisation as ``dinov2/utils/param_groups.py`` and ``dinov2/train/train.py``: layer-wise lr decay
+``lr_scale = layer_decay ** (L + 1 - layer)`` (0.9; layer 0 = patch embedding, tokens and positions, ``i + 1`` =
+block ``i``, heads and the final norm 1) and the patch embedding's lr times ``patch_embed_lr_mult`` (0.2); weight
+decay on everything but biases, norms and LayerScale gammas (class/register/mask tokens and position embeddings *are*
+decayed there, unlike MAE); gradients clipped per module (student backbone, DINO head, iBOT head each to
+``trainer.clip_grad`` = 3.0) rather than over one global norm.
 """
 
 from __future__ import annotations
 
 import torch
 from domainfm.backbones.masked_vit import MaskedViT
+from domainfm.backbones.vit import layer_id
 from domainfm.common.schedules import CosineSchedule, LinearWarmupSchedule
 from domainfm.methods.base import Method, StepContext
 from domainfm.methods.ema import ema_update, make_teacher
@@ -57,6 +65,8 @@ class DINOv2(Method):
         teacher_temp_warmup: float = 0.3,
         momentum: tuple[float, float] = (0.992, 1.0),
         freeze_last_layer: float = 0.01,
+        layer_decay: float = 0.9,
+        patch_embed_lr_mult: float = 0.2,
     ):
         super().__init__()
         head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers)
@@ -74,6 +84,7 @@ class DINOv2(Method):
         self.teacher_temp = LinearWarmupSchedule(teacher_temp[0], teacher_temp[1], teacher_temp_warmup)
         self.momentum = CosineSchedule(momentum[0], momentum[1])
         self.freeze_last_layer = freeze_last_layer
+        self.layer_decay, self.patch_embed_lr_mult = layer_decay, patch_embed_lr_mult
 
     @property
     def backbone(self) -> VisionTransformer:
@@ -84,8 +95,28 @@ class DINOv2(Method):
         self.teacher.eval()
         return self
 
-    def no_weight_decay(self) -> set[str]:
-        return set()
+    def optim_groups(self) -> list[dict]:
+        """DINOv2's parameter groups (see the module docstring), one per (lr scale, weight-decay scale)."""
+        n_blocks = len(self.student.encoder.vit.blocks)
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for name, p in self.student.named_parameters():
+            if not p.requires_grad:
+                continue
+            lr_scale = 1.0
+            if name.startswith("encoder."):
+                sub = name.removeprefix("encoder.").removeprefix("vit.")
+                lr_scale = self.layer_decay ** (n_blocks + 1 - layer_id(sub, n_blocks))
+                if "patch_embed" in sub:
+                    lr_scale *= self.patch_embed_lr_mult
+            wd_scale = 0.0 if name.endswith(".bias") or "norm" in name or "gamma" in name else 1.0
+            groups.setdefault((lr_scale, wd_scale), []).append(p)
+        return [{"params": ps, "lr_scale": lr, "wd_scale": wd} for (lr, wd), ps in sorted(groups.items())]
+
+    def grad_clip_groups(self) -> list[list[nn.Parameter]]:
+        """``for v in student.values(): v.clip_grad_norm_(clip)``: backbone (with the mask token), DINO head, iBOT
+        head."""
+        modules = [self.student.encoder, self.student.head, self.student.ibot_head]
+        return [[p for p in m.parameters() if p.requires_grad] for m in modules if m is not None]
 
     def forward(self, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         globals_ = batch["global_crops"]

@@ -43,8 +43,14 @@ class DINOHead(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """``Linear -> [BN] -> ReLU`` repeated, then a final ``Linear`` (optionally followed by a BatchNorm without affine,
-    as MoCo v3's projector). SimCLR: 2 layers, no BN at the end; MoCo v3: projector 3 layers, predictor 2 layers."""
+    """``Linear -> [BN] -> ReLU`` repeated, then a final ``Linear`` and optionally a final BatchNorm:
+
+    - ``last_bn="affine_free"``: ``BatchNorm1d(affine=False)``, MoCo v3's ``_build_mlp(..., last_bn=True)`` (projector
+      and predictor of its ViT models);
+    - ``last_bn="scale"``: BatchNorm with a learned scale and no shift, SimCLR's final ``linear_layer(use_bias=False,
+      use_bn=True)`` (``BatchNormalization(center=False)``); the BN's shift is kept at zero and frozen.
+
+    Linear layers followed by a BatchNorm have no bias (both references)."""
 
     def __init__(
         self,
@@ -53,7 +59,7 @@ class MLPHead(nn.Module):
         out_dim: int = 256,
         nlayers: int = 2,
         batch_norm: bool = True,
-        last_bn: bool = False,
+        last_bn: str | None = None,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -64,10 +70,15 @@ class MLPHead(nn.Module):
                 layers.append(nn.BatchNorm1d(hidden_dim))
             layers.append(nn.ReLU(inplace=True))
             dim = hidden_dim
-        layers.append(nn.Linear(dim, out_dim, bias=not batch_norm))  # MoCo v3: no biases next to BN
-
-        if last_bn:
+        if last_bn not in (None, "affine_free", "scale"):
+            raise ValueError(f"last_bn={last_bn!r}: use null, affine_free (MoCo v3) or scale (SimCLR)")
+        layers.append(nn.Linear(dim, out_dim, bias=last_bn is None))
+        if last_bn == "affine_free":
             layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        elif last_bn == "scale":
+            bn = nn.BatchNorm1d(out_dim)
+            bn.bias.requires_grad_(False)  # center=False: the shift stays 0
+            layers.append(bn)
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ class MAEDecoder(nn.Module):
         self.proj = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)  # models_mae.py: partial(nn.LayerNorm, eps=1e-6)
         self.pred = nn.Linear(dim, patch_pixels)
         nn.init.normal_(self.mask_token, std=0.02)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
@@ -61,6 +61,8 @@ class MAE(Method):
     ``init="mae"`` applies MAE's initialisation (:func:`~domainfm.backbones.init.mae_init_`: Xavier, fixed sin-cos
     positions) to the decoder and to a freshly created backbone; weights loaded with ``create_vit(weights=...)``
     are kept. ``init="keep"`` leaves timm's initialisation."""
+
+    rank_pooling = "mean"  # the class token is not what MIM trains
 
     def __init__(
         self,

@@ -13,6 +13,8 @@ from torch import nn
 
 
 class SimMIM(Method):
+    rank_pooling = "mean"  # the class token is not what MIM trains
+
     def __init__(self, backbone: VisionTransformer):
         super().__init__()
         self.encoder = MaskedViT(backbone, mask_token=True)

@@ -1,7 +1,10 @@
 """Image-text contrastive losses, gathered across processes with gradient (open_clip's ``ClipLoss`` and
 ``SigLipLoss`` semantics).
 
-CLIP (Radford et al. 2021): ``s = exp(logit_scale)`` (learnable, initialised to ``1/0.07``, clamped to <= 100);
+CLIP (Radford et al. 2021): ``s = exp(logit_scale)`` (learnable, initialised to ``1/0.07``); as open_clip's
+``training/train.py``, the loss uses ``s`` unclamped and the *parameter* is clamped to ``[0, log 100]`` in place after
+each optimizer step (:meth:`LogitScale.clamp_`) — clamping inside the loss instead would zero its gradient past
+``log 100`` and the scale could never come back down;
 for local images ``x_i`` and all texts ``y_j`` (L2-normalised), ``L = (CE(s x y^T, own) + CE(s y x^T, own)) / 2``.
 Each process scores its local rows against everything, so the mean over processes equals the single-process loss on
 the concatenated batch.
@@ -25,7 +28,7 @@ from torch import nn
 def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
     all_image, all_text = gather_with_grad(image), gather_with_grad(text)
-    scale = logit_scale.exp().clamp(max=100.0)
+    scale = logit_scale.exp()
     labels = torch.arange(image.shape[0], device=image.device) + rank() * image.shape[0]
     return (
         F.cross_entropy(scale * image @ all_text.t(), labels) + F.cross_entropy(scale * text @ all_image.t(), labels)
@@ -58,6 +61,11 @@ class LogitScale(nn.Module):
         else:
             raise ValueError(f"kind must be 'clip' or 'siglip', got {kind!r}")
         self.kind = kind
+
+    @torch.no_grad()
+    def clamp_(self, max_scale: float = 100.0) -> None:
+        """open_clip's ``logit_scale.clamp_(0, math.log(100))`` after the optimizer step (CLIP and SigLIP)."""
+        self.logit_scale.clamp_(0.0, math.log(max_scale))
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         if self.kind == "clip":

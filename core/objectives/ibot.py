@@ -6,9 +6,12 @@ the masked token is matched to the teacher's target for the unmasked token::
 
     L = -(1 / B) sum_b sum_{i masked in b} (1 / n_b) sum_k p_t[b, i, k] log softmax(s[b, i] / tau_s)[k]
 
-``B`` counts all samples, masked or not (as DINOv2's ``forward_masked``). Teacher targets use their own centre (an
-EMA, m = 0.9, of the mean masked-patch logit over all processes) or Sinkhorn-Knopp over the masked patches of all
-processes.
+``B`` counts all samples, masked or not (as DINOv2's ``forward_masked``). Teacher targets use their own centre or
+Sinkhorn-Knopp over the masked patches of all processes. The centre is an EMA (m = 0.9) of the *mean over
+processes of each process's mean* masked-patch logit, as DINOv2's ``update_center`` computes it
+(``sum(t.mean(1), 0)`` on a ``(1, M_rank, K)`` tensor, all-reduced, divided by ``world_size``); with one process,
+or equal masked counts per process, that is the mean over all masked patches. A process without masked patches in a
+batch is left out of the mean (DINOv2 would produce NaN there).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ class IBOTPatchLoss(nn.Module):
             return sinkhorn_knopp(logits, teacher_temp, num_samples=logits.shape[0])
         probs = F.softmax((logits - self.center) / teacher_temp, dim=-1)
         # the collective runs on every process, also on one without masked patches in this batch
-        total = _all_reduce(torch.cat([logits.sum(dim=0), logits.new_tensor([logits.shape[0]])]))
+        n = logits.shape[0]
+        local_mean = logits.sum(dim=0) / max(n, 1)
+        total = _all_reduce(torch.cat([local_mean, logits.new_tensor([float(n > 0)])]))
         if total[-1] > 0:
             self.center.mul_(self.center_momentum).add_(total[:-1][None] / total[-1], alpha=1 - self.center_momentum)
         return probs

@@ -153,9 +153,29 @@ def test_clip_and_siglip_match_formulas():
     labels = 2 * np.eye(4) - 1
     expected_sig = -np.log(1 / (1 + np.exp(-labels * z))).sum() / 4
     assert siglip_loss(img, txt, scale, bias).item() == pytest.approx(expected_sig, rel=1e-5)
-    # the CLIP scale is clamped at 100
-    big = clip_loss(img, txt, torch.tensor(10.0)).item()
-    assert big == pytest.approx(clip_loss(img, txt, torch.tensor(math.log(100.0))).item(), rel=1e-6)
+
+
+def test_clip_scale_is_clamped_after_the_step_not_inside_the_loss():
+    """open_clip: the loss sees exp(logit_scale) as is (so it still has a gradient past log 100 and can come back
+    down); the parameter is clamped in place after the optimizer step."""
+    from domainfm.objectives.clip import LogitScale
+
+    g = torch.Generator().manual_seed(8)
+    img, txt = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    scales = LogitScale("clip")
+    assert scales.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    with torch.no_grad():
+        scales.logit_scale.fill_(math.log(200.0))
+    scales(img, txt).backward()
+    assert scales.logit_scale.grad.abs().item() > 1e-4
+    scales.clamp_()
+    assert scales.logit_scale.item() == pytest.approx(math.log(100.0))
+    with torch.no_grad():
+        scales.logit_scale.fill_(-1.0)
+    scales.clamp_()
+    assert scales.logit_scale.item() == 0.0
+    siglip = LogitScale("siglip")  # open_clip's SigLIP init: t' = log 10, b = -10
+    assert (siglip.logit_scale.item(), siglip.logit_bias.item()) == (pytest.approx(math.log(10.0)), -10.0)
 
 
 def test_negative_cosine_stops_gradient_on_target():

@@ -5,7 +5,10 @@ import torch
 from domainfm.data.collate import collate_samples
 from domainfm.data.masking import IBOTMask
 from domainfm.data.transforms import MultiCropView, Normalize, RandomView, RGBPhotometric, TwoViews, to_float
+from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
+
+BICUBIC = InterpolationMode.BICUBIC
 
 
 def test_multicrop_shapes_params_and_masks_for_13_bands():
@@ -24,14 +27,58 @@ def test_multicrop_shapes_params_and_masks_for_13_bands():
     assert [t.shape for t in out["global_crops"]] == [(13, 32, 32)] * 2
     assert [t.shape for t in out["local_crops"]] == [(13, 16, 16)] * 3
     assert out["masks"].shape == (2, 16) and out["meta"] == {"path": "x"}
-    # the parameters reproduce each view from the source image (mean 0, std 1: normalisation is the identity)
+    # the parameters reproduce each view from the source image (mean 0, std 1: normalisation is the identity);
+    # DINOv2's crops are bicubic (clamped to [0, 1], as PIL's)
     for crop, p in zip(out["global_crops"] + out["local_crops"], out["crop_params"]):
-        ref = TF.resized_crop(image, p["top"], p["left"], p["height"], p["width"], list(p["size"]), antialias=True)
+        ref = TF.resized_crop(
+            image, p["top"], p["left"], p["height"], p["width"], list(p["size"]), BICUBIC, antialias=True
+        ).clamp(0, 1)
         if p["hflip"]:
             ref = ref.flip(-1)
         torch.testing.assert_close(crop, ref)
     batch = collate_samples([out, view({"image": image, "meta": {"path": "y"}})])
     assert batch["global_crops"][0].shape == (2, 13, 32, 32) and batch["masks"].shape == (2, 2, 16)
+
+
+def test_views_are_asymmetric_per_view_blur_and_solarise():
+    """DINOv2 / BYOL / MoCo v3: global view 1 always blurred, view 2 rarely blurred and sometimes solarised, locals
+    blurred half the time. Measured over many draws on a flat-plus-edge image: blur smooths the edge, solarisation
+    maps the bright half x -> 1 - x. (The blur itself is torchvision's; it is replaced by a marker here, since
+    with a small sigma it leaves no visible trace.)"""
+    image = torch.zeros(3, 32, 32)
+    image[:, :, 16:] = 0.9
+    view = MultiCropView(
+        32,
+        [0.0] * 3,
+        [1.0] * 3,
+        local_size=32,
+        n_local=1,
+        global_scale=(1.0, 1.0),
+        local_scale=(1.0, 1.0),
+        hflip=0.0,
+        global_blur=[1.0, 0.1],
+        global_solarize=[0.0, 0.2],
+        local_blur=0.5,
+        interpolation="bilinear",
+    )
+    for extra in [*view.global_extras, view.local_extra]:
+        extra.gaussian = lambda x: x * 0.5  # marker: 0.9 -> 0.45 (not solarised, then)
+    torch.manual_seed(0)
+    n, blurred, solarised = 400, torch.zeros(3), torch.zeros(3)
+    for _ in range(n):
+        out = view({"image": image})
+        for i, crop in enumerate(out["global_crops"] + out["local_crops"]):
+            bright = float(crop[0, 0, 31])
+            blurred[i] += float(abs(bright - 0.45) < 1e-5 or abs(bright - 0.55) < 1e-5)
+            solarised[i] += float(abs(bright - 0.1) < 1e-5 or abs(bright - 0.55) < 1e-5)
+    rates_blur, rates_sol = (blurred / n).tolist(), (solarised / n).tolist()
+    assert rates_blur[0] == 1.0 and abs(rates_blur[1] - 0.1) < 0.05 and abs(rates_blur[2] - 0.5) < 0.08
+    assert rates_sol[0] == 0.0 and abs(rates_sol[1] - 0.2) < 0.06 and rates_sol[2] == 0.0
+    with pytest.raises(ValueError, match="global_blur has 3 values for 2 views"):
+        MultiCropView(8, [0.5], [0.2], global_blur=[1.0, 0.1, 0.5])
+    two = TwoViews(16, [0.0] * 3, [1.0] * 3, blur=[1.0, 0.1], solarize=[0.0, 0.2])
+    assert [e.blur for e in two.inner.global_extras] == [1.0, 0.1]
+    assert [e.solarize for e in two.inner.global_extras] == [0.0, 0.2]
 
 
 def test_two_views_differ_and_normalise():
@@ -62,7 +109,9 @@ def test_views_take_uint8_tiles_and_crop_before_converting():
     result matches the float pipeline within one grey level."""
     torch.manual_seed(0)
     tile = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
-    view = MultiCropView(32, [0.0] * 3, [1.0] * 3, local_size=16, n_local=2, return_params=True)
+    view = MultiCropView(
+        32, [0.0] * 3, [1.0] * 3, local_size=16, n_local=2, return_params=True, interpolation="bilinear"
+    )  # (bicubic in uint8 rounds between its two passes: up to 4 grey levels off the float result)
     out = view({"image": tile})
     for crop, p in zip(out["global_crops"] + out["local_crops"], out["crop_params"]):
         assert crop.dtype == torch.float32
