@@ -5,7 +5,8 @@ slides it reads on first use and keeps at most ``max_open`` of them open, so it 
 OpenSlide handle across processes. The open slides of a process share one decoded-tile cache of ``cache_mib``
 (OpenSlide alone gives each its own 32 MiB: up to 2 GiB per worker for 64 slides drawn at random). ``threads`` read a
 loader's batch concurrently within a process. Rank sharding is the sampler's job (the core ``StreamSampler``);
-:meth:`SlideTileDataset.sample_weights` makes its draws balanced across slides.
+:meth:`SlideTileDataset.sample_weights` makes its draws balanced across slides. ``region_px``/``region_p`` read,
+for a share of the samples, a larger region around the tile at the same MPP (UNI's 256 and 512 px images).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import openslide
 import torch
+from domainfm.data.sampling import sample_seed
 from domainfm.errors import DataError
 from domainfm.pathology.h5io import read_coords
 from domainfm.pathology.slide import SLIDE_EXTENSIONS, Slide, open_slide, slide_name
@@ -96,6 +98,24 @@ def to_tensor(tile: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image)
 
 
+def _region_choices(
+    region_px: int | Sequence[int] | None, region_p: Sequence[float] | None
+) -> tuple[tuple[int, ...] | None, list[float]]:
+    """``(sides, cumulative shares)`` of the ``region_px``/``region_p`` options, checked."""
+    if region_px is None:
+        if region_p is not None:
+            raise DataError("region_p was given without region_px: give the region sides (pixels at the tiling's MPP)")
+        return None, []
+    sides = (int(region_px),) if isinstance(region_px, (int, float)) else tuple(int(v) for v in region_px)
+    if not sides or min(sides) < 1:
+        raise DataError(f"region_px must be one or more sides of at least 1 pixel, got {region_px}")
+    shares = [1.0] * len(sides) if region_p is None else [float(p) for p in region_p]
+    if len(shares) != len(sides) or min(shares) < 0 or sum(shares) <= 0:
+        raise DataError(f"region_p must be {len(sides)} non-negative shares (one per region_px), got {region_p}")
+    total = sum(shares)
+    return sides, np.cumsum([p / total for p in shares]).tolist()
+
+
 class SlideTileDataset(Dataset):
     """Tiles of many slides, read on demand at the tiling's target MPP.
 
@@ -107,6 +127,21 @@ class SlideTileDataset(Dataset):
     float images in [0, 1] instead. ``S`` is the tiling's ``patch_size``, which must then be the same in every
     coordinate file, or ``size`` (each level-0 tile box is read out at ``size`` pixels). Tiles are ordered slide by
     slide, in each file's order.
+
+    Regions (``region_px``, ``region_p``): each sample reads a square region of ``region_px[j]`` pixels at the
+    tiling's MPP with probability ``region_p[j]`` (equal shares if not given) instead of the tile, e.g.
+    ``region_px=[256, 512]``, ``region_p=[0.757, 0.243]`` for 256 px tiles: Mass-100K's share of 512 x 512 images
+    (UNI, Chen et al. 2024: 75,832,905 at 256 px and 24,297,995 at 512 px, both at 20x). A region is the level-0 box
+    of ``region_px[j] * patch_size_level0 / patch_size`` pixels centred on the tile, shifted where the slide allows
+    to lie inside it (a region at least the tile's size, on a slide larger than the region, then holds all of the
+    tile that lies in the scan), read out at ``region_px[j] * S / patch_size`` pixels (``S`` as above); a side equal
+    to the tiling's ``patch_size`` reads the tile itself. ``meta`` then holds ``"region": (x0, y0, side0)`` in
+    level-0 pixels. Items then differ in size: the transform must crop or resize them to one size (the multi-crop
+    views do). The choice is a function of the sample's seed and index,
+    ``sample_seed(torch.initial_seed(), index)``: the engine seeds torch per sample (``SeededDataset``), so it is
+    reproducible, the same in every process and thread (``threads > 1`` batches equal item-by-item reads), and it
+    takes no draw from the transform's random stream. Read without the engine's seeding (a plain ``DataLoader``), it
+    follows the process's torch seed: each worker's changes every epoch, the main process's only when reseeded.
     """
 
     def __init__(
@@ -120,6 +155,8 @@ class SlideTileDataset(Dataset):
         uint8: bool = True,
         cache_mib: int = 32,
         threads: int = 1,
+        region_px: int | Sequence[int] | None = None,
+        region_p: Sequence[float] | None = None,
     ):
         self.slides = load_slide_tiles(coords, slides, names)
         if not self.slides:
@@ -135,6 +172,7 @@ class SlideTileDataset(Dataset):
             )
         self.offsets = np.cumsum([0] + [len(s.coords) for s in self.slides])
         self._starts = self.offsets.tolist()  # for bisect: ~1 us per lookup instead of NumPy's ~20
+        self.region_px, self._region_cum = _region_choices(region_px, region_p)
         self.transform = transform
         self.uint8 = uint8
         self.max_open, self.cache_mib, self.threads = max_open, cache_mib, threads
@@ -209,16 +247,49 @@ class SlideTileDataset(Dataset):
             return slide
 
     def read(self, index: int) -> np.ndarray:
-        """The tile as ``S x S x 3`` uint8."""
-        return self._read(index)[2]
+        """The tile (or the sample's region, with ``region_px``) as ``S x S x 3`` uint8."""
+        return self._read(index)[3]
 
-    def _read(self, index: int) -> tuple[SlideTiles, tuple[int, int], np.ndarray]:
+    def region_side(self, index: int) -> int | None:
+        """The side (pixels at the tiling's MPP) of the region sample ``index`` reads now, None without
+        ``region_px``: ``region_px[j]`` for the ``u = sample_seed(torch.initial_seed(), index) / 2**63`` that falls in
+        the ``j``-th share of ``region_p``."""
+        if self.region_px is None:
+            return None
+        if len(self.region_px) == 1:
+            return self.region_px[0]
+        u = sample_seed(torch.initial_seed(), index) / 2.0**63
+        return self.region_px[min(bisect_right(self._region_cum, u), len(self.region_px) - 1)]
+
+    @staticmethod
+    def region_box(x: int, y: int, size0: int, side0: int, dimensions: tuple[int, int]) -> tuple[int, int]:
+        """Top-left ``(x0, y0)`` of a ``side0`` level-0 box centred on the tile ``(x, y, size0)``, shifted where the
+        slide (``dimensions``, level-0 width and height) allows to lie inside it."""
+
+        def place(start: int, extent: int) -> int:
+            centred = start + (size0 - side0) // 2
+            return max(0, min(centred, extent - side0))
+
+        return place(x, dimensions[0]), place(y, dimensions[1])
+
+    def _read(self, index: int) -> tuple[SlideTiles, tuple[int, int], tuple[int, int, int] | None, np.ndarray]:
         s, k = self.locate(index)
         tiles = self.slides[s]
         x, y = tiles.coords[k].tolist()
-        return tiles, (x, y), self._slide(s).read_tile(x, y, tiles.size0, tiles.size)
+        slide = self._slide(s)
+        side = self.region_side(index)
+        patch = int(tiles.attrs["patch_size"])
+        if side is None or side == patch:
+            box = None if side is None else (x, y, tiles.size0)
+            return tiles, (x, y), box, slide.read_tile(x, y, tiles.size0, tiles.size)
+        side0 = max(1, round(side * tiles.size0 / patch))
+        x0, y0 = self.region_box(x, y, tiles.size0, side0, slide.dimensions)
+        out = max(1, round(side * tiles.size / patch))
+        return tiles, (x, y), (x0, y0, side0), slide.read_tile(x0, y0, side0, out)
 
-    def _item(self, tiles: SlideTiles, xy: tuple[int, int], tile: np.ndarray) -> dict[str, Any]:
+    def _item(
+        self, tiles: SlideTiles, xy: tuple[int, int], box: tuple[int, int, int] | None, tile: np.ndarray
+    ) -> dict[str, Any]:
         # an OpenSlide read is Pillow's read-only buffer: a 0.2 MB copy keeps in-place transforms safe (a plain image's
         # read is a fresh array already); the channel-first view is made in NumPy (one torch call per tile: each costs
         # tens of us after a slide read)
@@ -227,7 +298,10 @@ class SlideTileDataset(Dataset):
         image = torch.from_numpy(tile.transpose(2, 0, 1)) if self.uint8 else to_tensor(tile)
         if self.transform is not None:
             image = self.transform(image)
-        return {"image": image, "meta": {"slide": tiles.name, "coords": xy}}
+        meta = {"slide": tiles.name, "coords": xy}
+        if box is not None:
+            meta["region"] = box
+        return {"image": image, "meta": meta}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._item(*self._read(index))

@@ -7,6 +7,10 @@ representations"): for embeddings ``Z`` (``n x d``) with singular values ``s_k``
 has a rank near 1 while its loss may still fall (torchgeo PR #3998: a SimCLR run collapsed this way). MADELEINE
 selects checkpoints by the same quantity ("smooth rank").
 
+The threshold is low on purpose: masked-image-modelling features are strongly anisotropic (an MAE ViT-Tiny after 300
+steps on PneumoniaMNIST: rank 3.6 of 192 for mean-pooled tokens, 14.3 at random initialisation, while its kNN
+accuracy rises by 0.15), so only a rank near 1 (every input on one direction) is called a collapse by default.
+
 The fixed batch is drawn once (evenly spaced samples, seeded), passed through the training transform, and reduced to
 one image per sample by :meth:`Method.rank_inputs`; :meth:`Method.embed` gives the backbone's pooled features.
 """

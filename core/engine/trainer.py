@@ -52,7 +52,7 @@ class TrainerConfig:
     weight_decay_end: float | None = None
     rank_every: int = 100
     rank_samples: int = 256
-    collapse_fraction: float = 0.02
+    collapse_fraction: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
     checkpoint_every: int = 100
     keep_last: int = 3

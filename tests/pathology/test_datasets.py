@@ -9,10 +9,11 @@ import openslide
 import pytest
 import torch
 from domainfm.data.collate import collate_samples
-from domainfm.data.sampling import StreamSampler
+from domainfm.data.sampling import SeededDataset, StreamSampler
 from domainfm.errors import DataError
 from domainfm.pathology.datasets import SlideTileDataset
 from domainfm.pathology.tiling import SlideJob, TilingParams, tile_slides
+from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 
@@ -140,3 +141,98 @@ def test_threaded_batches_equal_item_by_item(tiled):
     first = torch.stack([s["image"] for s in noisy.__getitems__(indices)])
     torch.manual_seed(0)
     assert torch.equal(first, torch.stack([noisy[i]["image"] for i in indices]))  # same draws, same order
+
+
+CMU = "CMU-1-Small-Region"
+
+
+def test_regions_are_the_slide_pixels_around_the_tile(tiled):
+    """``region_px=512`` on the real Aperio slide (256 px tiles at 0.5 um/px, level 0 used as is): each item is the
+    512 x 512 level-0 box centred on its tile, shifted inside the 2220 x 2967 slide, equal to OpenSlide's pixels; it
+    holds the whole in-slide part of the tile. ``region_px=256`` is the tile itself."""
+    out, slides = tiled
+    plain = SlideTileDataset(out, slides, names=[CMU])
+    regions = SlideTileDataset(out, slides, names=[CMU], region_px=512)
+    handle = openslide.OpenSlide(str(slides[CMU]))
+    width, height = handle.dimensions
+    n = len(plain)
+    shifted = 0
+    for i in sorted({0, 1, n // 2, n - 2, n - 1}):
+        item = regions[i]
+        x, y = item["meta"]["coords"]
+        x0, y0, side0 = item["meta"]["region"]
+        assert side0 == 512 and item["image"].shape == (3, 512, 512)
+        assert (x0, y0) == (min(max(x - 128, 0), width - 512), min(max(y - 128, 0), height - 512))
+        shifted += (x0, y0) != (x - 128, y - 128)
+        raw = np.array(handle.read_region((x0, y0), 0, (512, 512)).convert("RGB"))
+        assert torch.equal(item["image"], torch.from_numpy(raw).permute(2, 0, 1))
+        tile = plain[i]["image"]
+        h, w = min(256, height - y), min(256, width - x)  # the part of the tile inside the scan
+        assert torch.equal(item["image"][:, y - y0 : y - y0 + h, x - x0 : x - x0 + w], tile[:, :h, :w])
+    assert shifted >= 1  # the last tile (past the bottom edge) moved its region up
+    same = SlideTileDataset(out, slides, names=[CMU], region_px=[256])
+    assert torch.equal(same[n - 1]["image"], plain[n - 1]["image"]) and same[n - 1]["meta"]["region"][2] == 256
+    # size=128: every box read out at half its side; the region is the 512 px box resampled to 256 px (Pillow's
+    # bilinear filter, as slides are resampled)
+    item = SlideTileDataset(out, slides, names=[CMU], size=128, region_px=512)[0]
+    x0, y0, _ = item["meta"]["region"]
+    box = handle.read_region((x0, y0), 0, (512, 512)).convert("RGB").resize((256, 256), Image.Resampling.BILINEAR)
+    diff = item["image"].float() - torch.from_numpy(np.array(box)).permute(2, 0, 1).float()
+    assert item["image"].shape == (3, 256, 256) and diff.abs().mean() < 0.5 and diff.abs().max() <= 2
+
+
+def test_region_mix_is_seeded_per_sample(tiled):
+    """The side each sample reads is a function of its seed (the engine's ``torch.manual_seed(sample seed)``) and
+    index: 24.3 % of 512 px regions over many draws, the same side again for the same seed, the same items in loader
+    workers and threaded batches, and no draw taken from the transform's random stream."""
+    out, slides = tiled
+    ds = SlideTileDataset(out, slides, names=[CMU], region_px=[256, 512], region_p=[0.757, 0.243])
+    sides = []
+    for seed in range(400):
+        torch.manual_seed(seed)
+        sides += [ds.region_side(i) for i in range(10)]
+    sides = np.array(sides)
+    assert set(sides.tolist()) == {256, 512} and abs((sides == 512).mean() - 0.243) < 0.03
+    torch.manual_seed(5)
+    again = [ds.region_side(i) for i in range(10)]
+    assert again == sides[50:60].tolist()  # seed 5, indices 0..9
+    # the transform's draws are the same with and without the region mix
+    draws = []
+    noisy = SlideTileDataset(
+        out, slides, names=[CMU], region_px=[256, 512], transform=lambda x: draws.append(torch.rand(())) or x
+    )
+    plain = SlideTileDataset(out, slides, names=[CMU], transform=lambda x: draws.append(torch.rand(())) or x)
+    torch.manual_seed(11)
+    big = next(i for i in range(len(ds)) if ds.region_side(i) == 512)
+    for dataset in (noisy, plain):
+        torch.manual_seed(11)
+        dataset[big]
+    assert draws[0] == draws[1]
+    # the engine's path: SeededDataset in loader workers gives the items this process reads for the same keys
+    keys = [(i % len(ds), 1000 + i) for i in range(12)]
+    seeded = SeededDataset(ds)
+    expected = [seeded[k] for k in keys]
+    assert {e["image"].shape[-1] for e in expected} == {256, 512}
+    for e, (i, seed) in zip(expected, keys):
+        torch.manual_seed(seed)
+        assert e["image"].shape[-1] == ds.region_side(i) and e["meta"]["region"][2] == ds.region_side(i)
+    loader = DataLoader(seeded, sampler=keys, batch_size=4, num_workers=2, collate_fn=list)
+    got = [item for batch in loader for item in batch]
+    assert all(torch.equal(g["image"], e["image"]) for g, e in zip(got, expected)) and len(got) == len(keys)
+    # threads > 1: a batch read by three threads equals the items read one by one
+    threaded = SlideTileDataset(out, slides, names=[CMU], region_px=[256, 512], region_p=[0.757, 0.243], threads=3)
+    torch.manual_seed(2)
+    batch = threaded.__getitems__(list(range(len(ds))))
+    assert {b["image"].shape[-1] for b in batch} == {256, 512}
+    torch.manual_seed(2)
+    assert all(torch.equal(b["image"], ds[i]["image"]) for i, b in enumerate(batch))
+
+
+def test_region_options_are_checked(tiled):
+    out, slides = tiled
+    with pytest.raises(DataError, match="one per region_px"):
+        SlideTileDataset(out, slides, names=[CMU], region_px=[256, 512], region_p=[1.0])
+    with pytest.raises(DataError, match="without region_px"):
+        SlideTileDataset(out, slides, names=[CMU], region_p=[1.0])
+    with pytest.raises(DataError, match="at least 1 pixel"):
+        SlideTileDataset(out, slides, names=[CMU], region_px=[0])
