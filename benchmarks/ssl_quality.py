@@ -70,8 +70,20 @@ def _views(method: str):
     from domainfm.data.transforms import ImageTransform, MultiCropView, RandomView
 
     if method == "mae":
-        return ImageTransform(RandomView(SIZE, MEAN, STD, scale=(0.2, 1.0)), RandomPatchMask(SIZE // PATCH, 0.75))
-    return MultiCropView(SIZE, MEAN, STD, local_size=32, n_local=4)
+        view = RandomView(SIZE, MEAN, STD, scale=(0.2, 1.0), interpolation="bicubic")  # as core/mae_vit_tiny
+        return ImageTransform(view, RandomPatchMask(SIZE // PATCH, 0.75))
+    # the recipe's views (photometric=null: grey images): bicubic crops, DINOv2's per-view blur / solarisation
+    return MultiCropView(
+        SIZE,
+        MEAN,
+        STD,
+        local_size=32,
+        n_local=4,
+        global_blur=[1.0, 0.1],
+        global_solarize=[0.0, 0.2],
+        local_blur=0.5,
+        interpolation="bicubic",
+    )
 
 
 def _loader(method: str, batch: int, seed: int = 0):

@@ -42,8 +42,18 @@ class _Branch(nn.Module):
         self.head = head
         self.ibot_head = ibot_head
 
-    def patch_head(self) -> DINOHead:
-        return self.ibot_head if self.ibot_head is not None else self.head
+
+def _project(
+    branch: _Branch, cls_parts: list[torch.Tensor], patches: torch.Tensor | None
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Head outputs for the class tokens (one tensor per part) and the masked patch tokens. With a shared iBOT head
+    the head runs once over all of them, as ``ssl_meta_arch.py`` does (one weight-norm and one matmul per layer)."""
+    sizes = [x.shape[0] for x in cls_parts]
+    if patches is not None and branch.ibot_head is None:
+        *cls_out, patch_out = branch.head(torch.cat([*cls_parts, patches])).split([*sizes, patches.shape[0]])
+        return cls_out, patch_out
+    cls_out = list(branch.head(torch.cat(cls_parts)).split(sizes))
+    return cls_out, branch.ibot_head(patches) if patches is not None else None
 
 
 class DINOv2(Method):
@@ -130,34 +140,35 @@ class DINOv2(Method):
         masks = torch.cat([masks[:, 0], masks[:, 1]]) if masks is not None else None
         temp = self.teacher_temp(ctx.step, ctx.max_steps)
 
+        use_ibot = masks is not None and self.weights["ibot"] > 0
+
         with torch.no_grad():
             t_out = self.teacher.encoder(g)
             t_cls = torch.cat([t_out.cls[B:], t_out.cls[:B]])  # swap views
-            t_probs = self.dino_loss.teacher_probs(self.teacher.head(t_cls), temp).chunk(2)
-            if masks is not None and self.weights["ibot"] > 0:
-                t_patch = self.teacher.patch_head()(t_out.patches[masks])
+            (t_cls_logits,), t_patch = _project(self.teacher, [t_cls], t_out.patches[masks] if use_ibot else None)
+            t_probs = self.dino_loss.teacher_probs(t_cls_logits, temp).chunk(2)
+            if use_ibot:
                 t_patch_probs = self.ibot_loss.teacher_probs(t_patch, temp)
 
         s_out = self.student.encoder(g, masks, mode="replace") if masks is not None else self.student.encoder(g)
-        s_cls_logits = self.student.head(s_out.cls)
+        cls_parts = [s_out.cls] + ([self.student.encoder(torch.cat(locals_)).cls] if n_l else [])
+        s_cls_parts, s_patch = _project(self.student, cls_parts, s_out.patches[masks] if use_ibot else None)
         n_terms = n_g * (n_g - 1) + n_g * n_l
         losses: dict[str, torch.Tensor] = {}
         # global: student view A vs teacher view B (the swap above), as one mean over 2B rows, times 2
-        dino_global = self.dino_loss([s_cls_logits], [torch.cat(t_probs)]) * 2 / n_terms
+        dino_global = self.dino_loss([s_cls_parts[0]], [torch.cat(t_probs)]) * 2 / n_terms
         total = self.weights["dino"] * dino_global
         losses["dino_global"] = dino_global.detach()
         if n_l:
-            s_local = self.student.head(self.student.encoder(torch.cat(locals_)).cls).chunk(n_l)
+            s_local = s_cls_parts[1].chunk(n_l)
             dino_local = self.dino_loss(list(s_local), list(t_probs)) / n_terms  # both global views teach
-
             total = total + self.weights["dino"] * dino_local
             losses["dino_local"] = dino_local.detach()
         if self.weights["koleo"] > 0:
             koleo = sum(koleo_loss(c) for c in s_out.cls.chunk(2))
             total = total + self.weights["koleo"] * koleo
             losses["koleo"] = koleo.detach()
-        if masks is not None and self.weights["ibot"] > 0:
-            s_patch = self.student.patch_head()(s_out.patches[masks])
+        if use_ibot:
             ibot = self.ibot_loss(s_patch, t_patch_probs, masks)
             total = total + self.weights["ibot"] * ibot
             losses["ibot"] = ibot.detach()
