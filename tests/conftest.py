@@ -60,3 +60,12 @@ def pretrain_in_process(overrides: list[str]) -> dict:
     from domainfm.commands import pretrain
 
     return pretrain.run(compose("pretrain", overrides))
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (for a gloo process group)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -18,7 +18,9 @@ class SimCLR(Method):
     """Chen et al. 2020 (google-research/simclr, ``model_util.projection_head``, ``objective.add_contrastive_loss``):
     backbone cls token -> projector ``Linear -> BN -> ReLU`` (``proj_layers - 1`` times) -> ``Linear`` without bias ->
     BatchNorm with scale and no shift -> NT-Xent (2N - 2 negatives), temperature 0.1 (SimCLR's large-batch setting;
-    lightly uses 0.5 for small batches). SimCLR v1 uses 2 projector layers (the default here), v2 3, output 128."""
+    lightly uses 0.5 for small batches). SimCLR v1 uses 2 projector layers (the default here), v2 3, output 128.
+    The official loss is the *sum* of the two directions (``loss_a + loss_b``); this is their mean, half of it: with
+    Adam/AdamW the factor only rescales the logged loss (the update is invariant to it up to ``eps``)."""
 
     def __init__(
         self,

@@ -7,7 +7,6 @@ SigLIP, NT-Xent) are not repeated.
 """
 
 import os
-import socket
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from domainfm.methods.dinov2 import DINOv2
 from domainfm.objectives.contrastive import moco_v3_loss
 from domainfm.objectives.dino import sinkhorn_knopp
 
+from tests.conftest import free_port
 from tests.core import reference_math as ref
 
 WORLD, B, N = 2, 4, 16  # processes, global batch, patches per crop (32 px, patch 8)
@@ -100,16 +100,10 @@ def _worker(rank, world, port, out_dir):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("methods_distributed")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

@@ -2,13 +2,14 @@
 (loss value, and gradients w.r.t. each process's own features)."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from domainfm.objectives.clip import clip_loss, siglip_loss
 from domainfm.objectives.contrastive import nt_xent_loss
+
+from tests.conftest import free_port
 
 B, D = 6, 5
 
@@ -42,15 +43,9 @@ def _worker(rank, world, port, out_dir):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gathered_losses_equal_single_process(tmp_path):
     world = 2
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
     a_all, b_all = _data()
     for name in ("clip", "siglip", "ntxent"):
