@@ -208,16 +208,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         torch.manual_seed(cfg.seed + 1_000_003 * (self.rank + 1))  # runtime randomness (dropout, drop-path)
         self._resume()
-        self.rank_monitor = RankMonitor.build(
-            self.method,
-            self.dataset,
-            self.transform,
-            self.collate_fn,
-            cfg.rank_samples,
-            cfg.rank_every,
-            cfg.collapse_fraction,
-            cfg.seed + 104_729,
-        )
+        if self.step < cfg.max_steps and not self.stopped_early:  # the fixed batch costs start-up time: only to train
+            self.rank_monitor = RankMonitor.build(
+                self.method,
+                self.dataset,
+                self.transform,
+                self.collate_fn,
+                cfg.rank_samples,
+                cfg.rank_every,
+                cfg.collapse_fraction,
+                cfg.seed + 104_729,
+            )
         if cfg.lr_scaling != "none" and dist_utils.is_main():
             log.info(
                 "lr %.3g: %s scaling of %.3g for a global batch of %d (base %d)",
