@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -91,22 +91,65 @@ class MaskedViT(nn.Module):
         return EncodedTokens(self.vit.norm(x), P, grid, patch_ids, valid)
 
     def _forward_replace(self, images: torch.Tensor, mask: torch.Tensor) -> EncodedTokens:
+        x, grid = self._embed_replace(images, mask)
+        x = self._blocks(self.vit.norm_pre(x), None)
+        return EncodedTokens(self.vit.norm(x), self.vit.num_prefix_tokens, grid)
+
+    def _embed_replace(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Patch-embed, put the mask token at masked positions, then add position embeddings."""
         if self.mask_token is None:
             raise ValueError("mode='replace' needs MaskedViT(mask_token=True)")
         vit = self.vit
         x = vit.patch_embed(images)
         grid = tuple(x.shape[1:-1]) if x.ndim >= 4 else tuple(vit.patch_embed.grid_size)
-
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
         w = mask.reshape(flat.shape[0], -1, 1).to(flat.dtype)
         flat = flat * (1 - w) + self.mask_token.to(flat.dtype) * w
-        x = vit._pos_embed(flat.reshape(x.shape))
-        x = self._blocks(vit.norm_pre(x), None)
-        return EncodedTokens(vit.norm(x), vit.num_prefix_tokens, grid)
+        return vit._pos_embed(flat.reshape(x.shape)), grid
 
-    def _blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def cls_and_patches(
+        self, images: torch.Tensor, patches: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The class token ``(B, D)`` and the patch tokens at ``patches`` ``(B, N)`` bool ``(n, D)``, as
+        ``out.cls`` and ``out.patches[patches]`` of ``out = forward(images, mask, "replace")`` (``mask`` = None:
+        no mask), for objectives that read a few tokens per image (DINO's class token, iBOT's masked patches).
+
+        Exact, and cheaper: the last block's MLP and the final norm run only on the tokens read (its attention still
+        sees every token), two thirds of the last block's work on the others. Drop-path draws one decision per
+        sample with the same generator calls as the full forward, so a seeded run gives the same outputs."""
+        vit = self.vit
+        x, _ = self._embed_replace(images, mask) if mask is not None else self.embed(images)
+        P, B = vit.num_prefix_tokens, x.shape[0]
+        if patches is not None and patches.shape != (B, x.shape[1] - P):
+            raise ValueError(f"patches {tuple(patches.shape)} do not match the patch grid ({B}, {x.shape[1] - P})")
+
+        def read(t: torch.Tensor) -> torch.Tensor:  # class tokens, then the selected patches (row-major)
+            return torch.cat([t[:, 0], t[:, P:][patches]]) if patches is not None else t[:, 0]
+
+        *head, last = vit.blocks
+        x = self._blocks(vit.norm_pre(x), None, head)
+        if type(last) is not Block:  # not timm's pre-norm block: run it whole
+            rows = vit.norm(read(last(x)))
+        else:
+            x = x + last.drop_path1(last.ls1(last.attn(last.norm1(x))))
+            rows = read(x)
+            update = last.ls2(last.mlp(last.norm2(rows)))
+            p = float(getattr(last.drop_path2, "drop_prob", 0.0))
+            if p > 0.0 and last.drop_path2.training:  # one decision per sample, as timm's DropPath on (B, N, D)
+                keep = x.new_empty(B).bernoulli_(1 - p)
+                if getattr(last.drop_path2, "scale_by_keep", True) and p < 1.0:
+                    keep = keep / (1 - p)
+                sample = torch.arange(B, device=x.device)
+                owner = torch.cat([sample, patches.nonzero()[:, 0]]) if patches is not None else sample
+                update = update * keep[owner, None]
+            rows = vit.norm(rows + update)
+        if patches is None:
+            return rows, None
+        return rows[:B], rows[B:]
+
+    def _blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None, blocks=None) -> torch.Tensor:
         use_ckpt = self.vit.grad_checkpointing and self.training and torch.is_grad_enabled()
-        for blk in self.vit.blocks:
+        for blk in self.vit.blocks if blocks is None else blocks:
             if use_ckpt:
                 x = checkpoint(blk, x, attn_mask, use_reentrant=False)
             else:

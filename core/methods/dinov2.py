@@ -142,17 +142,18 @@ class DINOv2(Method):
 
         use_ibot = masks is not None and self.weights["ibot"] > 0
 
+        read = masks if use_ibot else None  # the tokens the losses read: class tokens and iBOT's masked patches
         with torch.no_grad():
-            t_out = self.teacher.encoder(g)
-            t_cls = torch.cat([t_out.cls[B:], t_out.cls[:B]])  # swap views
-            (t_cls_logits,), t_patch = _project(self.teacher, [t_cls], t_out.patches[masks] if use_ibot else None)
+            t_cls, t_patches = self.teacher.encoder.cls_and_patches(g, read)
+            t_cls = torch.cat([t_cls[B:], t_cls[:B]])  # swap views
+            (t_cls_logits,), t_patch = _project(self.teacher, [t_cls], t_patches)
             t_probs = self.dino_loss.teacher_probs(t_cls_logits, temp).chunk(2)
             if use_ibot:
                 t_patch_probs = self.ibot_loss.teacher_probs(t_patch, temp)
 
-        s_out = self.student.encoder(g, masks, mode="replace") if masks is not None else self.student.encoder(g)
-        cls_parts = [s_out.cls] + ([self.student.encoder(torch.cat(locals_)).cls] if n_l else [])
-        s_cls_parts, s_patch = _project(self.student, cls_parts, s_out.patches[masks] if use_ibot else None)
+        s_cls, s_patches = self.student.encoder.cls_and_patches(g, read, masks)
+        cls_parts = [s_cls] + ([self.student.encoder.cls_and_patches(torch.cat(locals_))[0]] if n_l else [])
+        s_cls_parts, s_patch = _project(self.student, cls_parts, s_patches)
         n_terms = n_g * (n_g - 1) + n_g * n_l
         losses: dict[str, torch.Tensor] = {}
         # global: student view A vs teacher view B (the swap above), as one mean over 2B rows, times 2
@@ -165,7 +166,7 @@ class DINOv2(Method):
             total = total + self.weights["dino"] * dino_local
             losses["dino_local"] = dino_local.detach()
         if self.weights["koleo"] > 0:
-            koleo = sum(koleo_loss(c) for c in s_out.cls.chunk(2))
+            koleo = sum(koleo_loss(c) for c in s_cls.chunk(2))
             total = total + self.weights["koleo"] * koleo
             losses["koleo"] = koleo.detach()
         if use_ibot:

@@ -64,6 +64,58 @@ def test_replace_mode_inserts_the_mask_token_before_positions():
         MaskedViT(vit)(x, mask, mode="replace")
 
 
+def test_cls_and_patches_equals_the_full_forward_on_the_tokens_it_reads():
+    """The pruned last block (MLP and norm only on the class token and the selected patches) is exact: outputs and
+    gradients as the full forward's, with registers, with a mask token, and with drop-path under the same seed."""
+    vit = _vit(reg_tokens=2, drop_path_rate=0.5).train()
+    enc = MaskedViT(vit, mask_token=True).train()
+    x = torch.randn(3, 3, 32, 32)
+    mask = torch.zeros(3, 16, dtype=torch.bool)
+    mask[0, [1, 2, 9]] = True
+    mask[2, 15] = True  # sample 1: nothing selected but its class token
+    for masked in (None, mask):
+        torch.manual_seed(7)
+        full = enc(x, masked, mode="replace") if masked is not None else enc(x)
+        ref_cls, ref_patches = full.cls, full.patches[mask]
+        (ref_cls.sum() + 2 * ref_patches.sum()).backward()
+        ref_grad = vit.blocks[-1].mlp.fc1.weight.grad.clone()
+        enc.zero_grad()
+        torch.manual_seed(7)
+        cls, patches = enc.cls_and_patches(x, mask, masked)
+        (cls.sum() + 2 * patches.sum()).backward()
+        torch.testing.assert_close(cls, ref_cls, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(patches, ref_patches, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(vit.blocks[-1].mlp.fc1.weight.grad, ref_grad, rtol=1e-4, atol=1e-6)
+        enc.zero_grad()
+    cls_only, none = enc.eval().cls_and_patches(x)
+    assert none is None
+    torch.testing.assert_close(cls_only, enc(x).cls, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="patch grid"):
+        enc.cls_and_patches(x, mask[:, :8])
+
+
+def test_cls_and_patches_runs_other_last_blocks_whole():
+    vit = _vit()
+    enc = MaskedViT(vit)
+
+    class Wrapped(torch.nn.Module):  # not timm's Block: no pruning, same result
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, x, attn_mask=None):
+            return self.block(x, attn_mask=attn_mask)
+
+    vit.blocks[-1] = Wrapped(vit.blocks[-1])
+    x = torch.randn(2, 3, 32, 32)
+    sel = torch.zeros(2, 16, dtype=torch.bool)
+    sel[1, 3] = True
+    cls, patches = enc.cls_and_patches(x, sel)
+    out = enc(x)
+    torch.testing.assert_close(cls, out.cls)
+    torch.testing.assert_close(patches, out.patches[sel])
+
+
 def test_gradient_checkpointing_recomputes_blocks_and_keeps_gradients():
     grads = []
     for ckpt in (False, True):

@@ -1,0 +1,129 @@
+"""DINOv2 step time, domainfm against lightly 1.6.0, compute only: the same pre-generated batches (the recipe's
+multi-crop views and iBOT masks on PneumoniaMNIST, 2 x 64 px + 4 x 32 px, batch 64, ViT-Ti/16), one training step of
+each in turn, so both see the same machine state; the result is the median of the per-pair time ratios (with
+quartiles), which this machine's drifting speed leaves meaningful where absolute times are not.
+
+    PYTHONPATH=.bench/lightly .venv/bin/python benchmarks/dinov2_step_time.py --pairs 30
+
+domainfm's step is the engine's (`build_optimizer` from the method's parameter groups, per-module clipping, the
+method's hooks); lightly's is the loop of `ssl_quality.run_lightly_dinov2` (its heads, losses and masking helper,
+one global clip). Data loading is left out of both (the same loader feeds both in `ssl_quality.py --speed`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import hydra
+import torch
+from ssl_quality import PATCH, SIZE, _backbone, _loader, _views
+
+
+def _batches(n: int, batch: int) -> list[dict]:
+    import ssl_quality
+    from domainfm.data.masking import IBOTMask
+
+    def views(method):  # the recipe's iBOT masks on the global views
+        view = _views(method)
+        view.masking = IBOTMask(grid=SIZE // PATCH, prob=0.5, ratio=[0.1, 0.5])
+        return view
+
+    ssl_quality._views = views
+    try:
+        it = _loader("dinov2", batch)
+        return [next(it) for _ in range(n)]
+    finally:
+        ssl_quality._views = _views
+
+
+def domainfm_step(batches: list[dict]):
+    from domainfm.cli import compose_config
+    from domainfm.engine.optim import build_optimizer
+    from domainfm.engine.trainer import clip_gradients
+    from domainfm.methods.base import StepContext
+
+    overrides = ["recipe=core/dinov2_vit_tiny", "preprocess.in_chans=1", f"preprocess.img_size={SIZE}"]
+    cfg = compose_config("pretrain", [*overrides, f"backbone.patch_size={PATCH}"])
+    _backbone()  # seeds as the lightly side
+    method = hydra.utils.instantiate(cfg.method, _convert_="all").train()
+    opt = build_optimizer(method, lr=5e-4, weight_decay=0.04)
+
+    def step(i: int) -> None:
+        ctx = StepContext(i, 1000)
+        method(batches[i % len(batches)], ctx)["loss"].backward()
+        clip_gradients(method, 3.0)
+        method.before_optimizer_step(ctx)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        method.after_step(ctx)
+
+    return step
+
+
+def lightly_step(batches: list[dict]):
+    from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
+    from lightly.models.modules import DINOv2ProjectionHead, MaskedVisionTransformerTIMM
+    from lightly.models.utils import random_block_mask, update_momentum
+
+    student = MaskedVisionTransformerTIMM(vit=_backbone(), antialias=False, pos_embed_initialization="skip")
+    head = DINOv2ProjectionHead(input_dim=192, hidden_dim=1024, bottleneck_dim=256, output_dim=4096)
+    teacher = copy.deepcopy(student)
+    t_head = DINOv2ProjectionHead(input_dim=192, hidden_dim=1024, bottleneck_dim=256, output_dim=4096)
+    t_head.load_state_dict(head.state_dict())
+    for p in list(teacher.parameters()) + list(t_head.parameters()):
+        p.requires_grad = False
+    dino, ibot, koleo = DINOLoss(output_dim=4096), IBOTPatchLoss(output_dim=4096), KoLeoLoss()
+    params = list(student.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.04)
+    grid = SIZE // PATCH
+
+    def step(i: int) -> None:
+        b = batches[i % len(batches)]
+        g, loc = torch.cat(b["global_crops"]), torch.cat(b["local_crops"])
+        block = random_block_mask(size=(g.shape[0], grid, grid), min_num_masks_per_block=1)
+        mask = g.new_zeros((g.shape[0], student.sequence_length), dtype=torch.bool)
+        mask[:, 1:] = block.flatten(1)
+        with torch.no_grad():
+            t_feat = teacher.encode(g)
+            t_cls, t_masked = t_head(t_feat[:, 0]), t_head(t_feat[mask])
+        s_feat = student.encode(g, mask=mask)
+        s_cls = head(torch.cat([s_feat[:, 0], student.encode(loc)[:, 0]]))
+        loss = dino(teacher_out=t_cls.chunk(2), student_out=s_cls.chunk(2 + len(b["local_crops"])), teacher_temp=0.05)
+        loss = loss + ibot(teacher_out=t_masked, student_out=head(s_feat[mask]), mask=block, teacher_temp=0.05)
+        loss = loss + 0.1 * sum(koleo(c) for c in s_feat[:, 0].chunk(2))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 3.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        update_momentum(student, teacher, m=0.995)
+        update_momentum(head, t_head, m=0.995)
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args()
+    batches = _batches(6, args.batch)
+    ours, theirs = domainfm_step(batches), lightly_step(batches)
+    times: dict[str, list[float]] = {"domainfm": [], "lightly": []}
+    for i in range(args.pairs + 2):
+        for name, step in (("domainfm", ours), ("lightly", theirs)):
+            t = time.perf_counter()
+            step(i)
+            if i >= 2:  # two warm-up steps each
+                times[name].append(time.perf_counter() - t)
+    ratios = sorted(a / b for a, b in zip(times["domainfm"], times["lightly"]))
+    q = [ratios[round(f * (len(ratios) - 1))] for f in (0.25, 0.5, 0.75)]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"median step: domainfm {med['domainfm']:.3f} s, lightly {med['lightly']:.3f} s ({args.pairs} pairs)")
+    print(f"time ratio domainfm / lightly per pair: median {q[1]:.3f} (quartiles {q[0]:.3f}, {q[2]:.3f})")
+
+
+if __name__ == "__main__":
+    main()
