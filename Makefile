@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml setup.py | $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/python -m domainfm demo pathology
+	$(BIN)/python -m domainfm demo core
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=10 tests

@@ -9,23 +9,10 @@ from pathlib import Path
 
 import torch
 from domainfm.cli import compose_config
+from domainfm.commands.demo import random_init_export
 from domainfm.pathology.sample_data import SAMPLE_SLIDE
 from domainfm.pathology.tiling import tile_slides
 from domainfm.sample_data import sample_path
-
-
-def _random_init_export(run: Path, out: Path) -> Path:
-    """The pretrained run's architecture and preprocessing at its seed's initialisation (the baseline)."""
-    from domainfm.commands.common import load_run_config
-    from domainfm.engine.export import export_backbone
-    from domainfm.engine.runtime import seed_everything
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    cfg = load_run_config(run / "config.yaml")
-    seed_everything(int(cfg.trainer.seed))
-    method = instantiate(cfg.method)
-    return export_backbone(method.backbone, out, OmegaConf.to_container(cfg.preprocess), tag="random-init")
 
 
 def main(out: str | Path = "runs/demo", steps: int | str = 60) -> dict:
@@ -55,7 +42,7 @@ def main(out: str | Path = "runs/demo", steps: int | str = 60) -> dict:
             ],
         )
     )
-    baseline = _random_init_export(run, out / "random_init" / "export")
+    baseline = random_init_export(run, out / "random_init" / "export")
 
     print("\n[3/3] kNN and linear probe on the bundled Kather 2016 tiles (8 classes x 3 tiles)", flush=True)
     evaluate.run(

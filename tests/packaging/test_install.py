@@ -50,13 +50,14 @@ def test_the_base_package_alone_runs_the_core_demo(tmp_path):
     python = _venv(tmp_path / "venv")
     _pip(python, str(_source(tmp_path)))
     demo = subprocess.run(
-        [str(python), "-m", "domainfm", "demo", "core", f"run_dir={tmp_path / 'run'}", "trainer.max_steps=5"],
+        [str(python), "-m", "domainfm", "demo", "core", f"out={tmp_path / 'demo'}", "steps=5"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
     )
     assert demo.returncode == 0, demo.stderr
-    assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+    assert (tmp_path / "demo" / "simclr" / "export" / "model.safetensors").is_file()
+    assert "kNN balanced accuracy" in demo.stdout
     helped = subprocess.run([str(python), "-m", "domainfm", "--help"], capture_output=True, text=True)
     assert 'pathology commands:  [not installed: pip install "domainfm[pathology]"]' in helped.stdout
     tile = subprocess.run(
