@@ -1,0 +1,1 @@
+"""The remote-sensing commands (``domainfm chips``)."""

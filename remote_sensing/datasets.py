@@ -1,0 +1,84 @@
+"""Chips as a dataset: windows read from the scenes on demand (an archive is never loaded whole)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from domainfm.errors import DataError
+from domainfm.remote_sensing.scenes import Scene, SceneReader
+from torch.utils.data import Dataset
+
+
+class ChipDataset(Dataset):
+    """The chips listed by ``domainfm chips`` (``<chips>/chips.csv``). Sample: ``{"image": (C, H, W) float32 in
+    the files' units, "meta": {"scene", "row", "col"}}``, plus ``"label"`` (the chip's majority SCL class) when
+    ``labels=True``; ``scenes`` keeps the chips of those scenes only. ``bands`` selects and orders bands by name
+    (default: the first scene's); every scene must have them. Scene files are opened lazily, once per worker."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        bands: list[str] | None = None,
+        min_valid: float | None = None,
+        labels: bool = False,
+        out_size: int | None = None,
+        scenes: list[str] | None = None,
+    ):
+        self.root = Path(root).expanduser()
+        table = self.root / "chips.csv"
+        if not table.is_file():
+            raise DataError(f"{self.root} has no chips.csv: write it with domainfm chips data.root=<scenes> out={root}")
+        with table.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if scenes is not None:
+            rows = [r for r in rows if r["scene"] in set(scenes)]
+        if min_valid is not None:
+            rows = [r for r in rows if float(r["valid"]) >= min_valid]
+        if labels:
+            rows = [r for r in rows if int(r["scl_class"]) >= 0]
+        if not rows:
+            raise DataError(f"{table}: no chip left (min_valid={min_valid}, labels={labels})")
+        self.rows = [(r["scene"], int(r["row"]), int(r["col"]), int(r["size"]), int(r["scl_class"])) for r in rows]
+        self.infos = {
+            n: json.loads((self.root / "scenes" / f"{n}.json").read_text()) for n in {r[0] for r in self.rows}
+        }
+        first = self.infos[self.rows[0][0]]
+        self.bands = list(bands) if bands else [b["name"] for b in first["scene"]["bands"]]
+        for name, info in self.infos.items():
+            have = [b["name"] for b in info["scene"]["bands"]]
+            missing = [b for b in self.bands if b not in have]
+            if missing:
+                raise DataError(
+                    f"scene {name} has no band {', '.join(missing)} (it has {', '.join(have)}): "
+                    "select bands every scene has with data.dataset.bands=[...]"
+                )
+        self.labels, self.out_size = labels, out_size
+        self.in_chans = len(self.bands)
+        self._readers: dict[str, SceneReader] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def reader(self, scene: str) -> SceneReader:
+        if scene not in self._readers:
+            info = self.infos[scene]
+            self._readers[scene] = SceneReader(Scene.from_dict(info["scene"]), info["grid"]["gsd"], self.bands)
+        return self._readers[scene]
+
+    def __getitem__(self, i: int) -> dict:
+        scene, row, col, size, cls = self.rows[i]
+        image = torch.from_numpy(self.reader(scene).read(row, col, size, self.out_size))
+        sample = {"image": image, "meta": {"scene": scene, "row": row, "col": col}}
+        if self.labels:
+            sample["label"] = cls
+        return sample
+
+    def __getstate__(self) -> dict:  # readers hold open files: each worker opens its own
+        return {**self.__dict__, "_readers": {}}
+
+    def classes(self) -> np.ndarray:
+        return np.array([r[4] for r in self.rows])
