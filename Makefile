@@ -28,6 +28,7 @@ bench: $(STAMP) .bench/lightly
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/tiling.py
 	PYTHONPATH=.bench/lightly $(BIN)/python benchmarks/ssl_quality.py
+	PYTHONPATH=.bench/lightly $(BIN)/python benchmarks/dinov2_step_time.py
 	$(BIN)/python benchmarks/label_efficiency.py --backbone .bench/ssl_quality/mae
 
 .bench/lightly: | $(BIN)/python

@@ -12,16 +12,14 @@ import csv
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from domainfm.common.jobs import run_jobs, worker_count
 from domainfm.errors import ConfigError, DataError
 from domainfm.pathology.geojson import read_geojson, write_geojson
 from domainfm.pathology.h5io import atomic_output, changed_keys, read_coords, read_params, write_h5
@@ -355,7 +353,7 @@ def tile_slides(
     jobs = _jobs(slides, out_dir, mpp, csv_path, geojson_dir, extensions or SLIDE_EXTENSIONS)
     summary = TilingSummary(str(out_dir), params={"tiling": tiling.to_dict(), "tissue": tissue.to_dict()})
     todo = _skip_done(jobs, out_dir, tiling, tissue, overwrite, summary)
-    n_workers = _workers(workers, len(todo))
+    n_workers = worker_count(workers, len(todo))
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), disable=not progress, desc="tile", unit="slide")
     bar.set_postfix(tiles=summary.tiles)
 
@@ -369,18 +367,7 @@ def tile_slides(
         bar.set_postfix(tiles=summary.tiles)
 
     try:
-        if n_workers <= 1:
-            for job in todo:
-                record(_run_job(job, str(out_dir), tiling, tissue))
-        else:
-            with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(_run_job, job, str(out_dir), tiling, tissue) for job in todo]
-                try:
-                    for future in as_completed(futures):
-                        record(future.result())
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+        run_jobs(_run_job, todo, (str(out_dir), tiling, tissue), n_workers, record)
     finally:
         bar.close()
     order = {job.name: i for i, job in enumerate(jobs)}
@@ -460,9 +447,3 @@ def changed_mpp(job: SlideJob, h5: Path) -> list[str]:
     if attrs.get("mpp_source") == "override" and job.mpp != attrs.get("level0_mpp"):
         return ["mpp"]
     return []
-
-
-def _workers(workers: int | str, n_jobs: int) -> int:
-    if workers == "auto":
-        workers = max(1, (os.cpu_count() or 1) // 2)
-    return max(1, min(int(workers), n_jobs))

@@ -17,14 +17,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from domainfm.common.jobs import run_jobs, worker_count
 from domainfm.engine.checkpoint import atomic_write_bytes
 from domainfm.errors import ConfigError, DataError
 from domainfm.remote_sensing.bands import SCL_CLASSES, SCL_INVALID
@@ -190,7 +188,7 @@ def chip_scenes(
         raise DataError(f"data.root={root}: no scene found (per-band B01..B12 files, STAC items or GeoTIFFs)")
     summary = ChipsSummary(str(out_dir), params.to_dict())
     todo = _skip_done(scenes, out_dir, params, overwrite, summary)
-    n = max(1, min(len(todo), (os.cpu_count() or 1) // 2 if workers == "auto" else int(workers)))
+    n = worker_count(workers, len(todo))
     bar = tqdm(total=len(scenes), initial=len(scenes) - len(todo), disable=not progress, desc="chips", unit="scene")
 
     def record(result: SceneResult) -> None:
@@ -201,14 +199,7 @@ def chip_scenes(
         bar.set_postfix(chips=summary.chips)
 
     try:
-        if n <= 1:
-            for scene in todo:
-                record(_run(scene, str(out_dir), params))
-        else:
-            with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(_run, scene, str(out_dir), params) for scene in todo]
-                for future in as_completed(futures):
-                    record(future.result())
+        run_jobs(_run, todo, (str(out_dir), params), n, record)
     finally:
         bar.close()
     order = {s.name: i for i, s in enumerate(scenes)}
