@@ -13,30 +13,19 @@ one global clip). Data loading is left out of both (the same loader feeds both i
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
 import hydra
 import torch
-from ssl_quality import PATCH, SIZE, _backbone, _loader, _views
+from ssl_quality import PATCH, SIZE, LightlyDINOv2, _backbone, _loader
 
 
 def _batches(n: int, batch: int) -> list[dict]:
-    import ssl_quality
     from domainfm.data.masking import IBOTMask
 
-    def views(method):  # the recipe's iBOT masks on the global views
-        view = _views(method)
-        view.masking = IBOTMask(grid=SIZE // PATCH, prob=0.5, ratio=[0.1, 0.5])
-        return view
-
-    ssl_quality._views = views
-    try:
-        it = _loader("dinov2", batch)
-        return [next(it) for _ in range(n)]
-    finally:
-        ssl_quality._views = _views
+    it = _loader("dinov2", batch, masking=IBOTMask(grid=SIZE // PATCH, prob=0.5, ratio=[0.1, 0.5]))  # the recipe's
+    return [next(it) for _ in range(n)]
 
 
 def domainfm_step(batches: list[dict]):
@@ -64,42 +53,15 @@ def domainfm_step(batches: list[dict]):
 
 
 def lightly_step(batches: list[dict]):
-    from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
-    from lightly.models.modules import DINOv2ProjectionHead, MaskedVisionTransformerTIMM
-    from lightly.models.utils import random_block_mask, update_momentum
-
-    student = MaskedVisionTransformerTIMM(vit=_backbone(), antialias=False, pos_embed_initialization="skip")
-    head = DINOv2ProjectionHead(input_dim=192, hidden_dim=1024, bottleneck_dim=256, output_dim=4096)
-    teacher = copy.deepcopy(student)
-    t_head = DINOv2ProjectionHead(input_dim=192, hidden_dim=1024, bottleneck_dim=256, output_dim=4096)
-    t_head.load_state_dict(head.state_dict())
-    for p in list(teacher.parameters()) + list(t_head.parameters()):
-        p.requires_grad = False
-    dino, ibot, koleo = DINOLoss(output_dim=4096), IBOTPatchLoss(output_dim=4096), KoLeoLoss()
-    params = list(student.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.04)
-    grid = SIZE // PATCH
+    model = LightlyDINOv2()
+    opt = torch.optim.AdamW(model.params, lr=5e-4, weight_decay=0.04)
 
     def step(i: int) -> None:
-        b = batches[i % len(batches)]
-        g, loc = torch.cat(b["global_crops"]), torch.cat(b["local_crops"])
-        block = random_block_mask(size=(g.shape[0], grid, grid), min_num_masks_per_block=1)
-        mask = g.new_zeros((g.shape[0], student.sequence_length), dtype=torch.bool)
-        mask[:, 1:] = block.flatten(1)
-        with torch.no_grad():
-            t_feat = teacher.encode(g)
-            t_cls, t_masked = t_head(t_feat[:, 0]), t_head(t_feat[mask])
-        s_feat = student.encode(g, mask=mask)
-        s_cls = head(torch.cat([s_feat[:, 0], student.encode(loc)[:, 0]]))
-        loss = dino(teacher_out=t_cls.chunk(2), student_out=s_cls.chunk(2 + len(b["local_crops"])), teacher_temp=0.05)
-        loss = loss + ibot(teacher_out=t_masked, student_out=head(s_feat[mask]), mask=block, teacher_temp=0.05)
-        loss = loss + 0.1 * sum(koleo(c) for c in s_feat[:, 0].chunk(2))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 3.0)
+        model.loss(batches[i % len(batches)], temp=0.05).backward()
+        torch.nn.utils.clip_grad_norm_(model.params, 3.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        update_momentum(student, teacher, m=0.995)
-        update_momentum(head, t_head, m=0.995)
+        model.update_teacher(0.995)
 
     return step
 

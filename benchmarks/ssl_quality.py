@@ -65,7 +65,8 @@ def run_domainfm(method: str, steps: int, batch: int, out: Path) -> dict:
 
 
 # ---------------------------------------------------------------- lightly runs (same backbone, views and schedule)
-def _views(method: str):
+def _views(method: str, masking=None):
+    """The recipe's views; ``masking`` adds iBOT masks to DINOv2's global views."""
     from domainfm.data.masking import RandomPatchMask
     from domainfm.data.transforms import ImageTransform, MultiCropView, RandomView
 
@@ -83,15 +84,16 @@ def _views(method: str):
         global_solarize=[0.0, 0.2],
         local_blur=0.5,
         interpolation="bicubic",
+        masking=masking,
     )
 
 
-def _loader(method: str, batch: int, seed: int = 0):
+def _loader(method: str, batch: int, seed: int = 0, masking=None):
     from domainfm.data.arrays import NpzImages
     from domainfm.data.collate import collate_samples
     from domainfm.data.sampling import SeededDataset, StreamSampler
 
-    data = SeededDataset(NpzImages(NPZ), _views(method))
+    data = SeededDataset(NpzImages(NPZ), _views(method, masking))
     return iter(
         DataLoader(
             data,
@@ -153,57 +155,73 @@ def run_lightly_mae(steps: int, batch: int, lr: float, wd: float) -> tuple:
     return vit, steps / (time.perf_counter() - t), float(loss)
 
 
-def run_lightly_dinov2(steps: int, batch: int, lr: float) -> tuple:
-    from domainfm.common.schedules import CosineSchedule
-    from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
-    from lightly.models.modules import DINOv2ProjectionHead, MaskedVisionTransformerTIMM
-    from lightly.models.utils import random_block_mask, update_momentum
-    from lightly.utils.scheduler import cosine_schedule, linear_warmup_schedule
+class LightlyDINOv2:
+    """lightly 1.6.0's DINOv2 parts on the benchmark's backbone (student, heads, EMA teacher, losses) and one step's
+    loss on a multi-crop batch; shared by the quality run below and ``dinov2_step_time.py``."""
 
-    vit = _backbone()
-    student = MaskedVisionTransformerTIMM(vit=vit, antialias=False, pos_embed_initialization="skip")
-    head = DINOv2ProjectionHead(input_dim=192, hidden_dim=1024, bottleneck_dim=256, output_dim=4096)
-    teacher = copy.deepcopy(student)
-    # lightly's head uses the old weight_norm, which deepcopy refuses: build a second head, copy the weights
-    t_head = DINOv2ProjectionHead(input_dim=192, hidden_dim=1024, bottleneck_dim=256, output_dim=4096)
-    t_head.load_state_dict(head.state_dict())
-    for p in list(teacher.parameters()) + list(t_head.parameters()):
-        p.requires_grad = False
-    dino, ibot, koleo = DINOLoss(output_dim=4096), IBOTPatchLoss(output_dim=4096), KoLeoLoss()
-    params = list(student.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.04)
-    sched = CosineSchedule(lr, 1e-6, warmup_steps=0.1)
-    it = _loader("dinov2", batch)
-    grid = SIZE // PATCH
-    t = time.perf_counter()
-    for step in range(steps):
-        b = next(it)
-        g = torch.cat(b["global_crops"])
-        loc = torch.cat(b["local_crops"])
+    def __init__(self):
+        from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
+        from lightly.models.modules import DINOv2ProjectionHead, MaskedVisionTransformerTIMM
+
+        vit = _backbone()
+        self.student = MaskedVisionTransformerTIMM(vit=vit, antialias=False, pos_embed_initialization="skip")
+        self.head = DINOv2ProjectionHead(input_dim=192, hidden_dim=1024, bottleneck_dim=256, output_dim=4096)
+        self.teacher = copy.deepcopy(self.student)
+        # lightly's head uses the old weight_norm, which deepcopy refuses: build a second head, copy the weights
+        self.t_head = DINOv2ProjectionHead(input_dim=192, hidden_dim=1024, bottleneck_dim=256, output_dim=4096)
+        self.t_head.load_state_dict(self.head.state_dict())
+        for p in list(self.teacher.parameters()) + list(self.t_head.parameters()):
+            p.requires_grad = False
+        self.dino, self.ibot, self.koleo = DINOLoss(output_dim=4096), IBOTPatchLoss(output_dim=4096), KoLeoLoss()
+        self.params = list(self.student.parameters()) + list(self.head.parameters())
+
+    def loss(self, b: dict, temp: float) -> torch.Tensor:
+        from lightly.models.utils import random_block_mask
+
+        student, head, grid = self.student, self.head, SIZE // PATCH
+        g, loc = torch.cat(b["global_crops"]), torch.cat(b["local_crops"])
         B = g.shape[0]
         block = random_block_mask(size=(B, grid, grid), min_num_masks_per_block=1)  # 4 x 4 grid: blocks of >= 1
         mask = g.new_zeros((B, student.sequence_length), dtype=torch.bool)
         mask[:, 1:] = block.flatten(1)
-        temp = linear_warmup_schedule(step=step, warmup_steps=int(0.3 * steps), start_value=0.04, end_value=0.07)
         with torch.no_grad():
-            t_feat = teacher.encode(g)
-            t_cls, t_masked = t_head(t_feat[:, 0]), t_head(t_feat[mask])
+            t_feat = self.teacher.encode(g)
+            t_cls, t_masked = self.t_head(t_feat[:, 0]), self.t_head(t_feat[mask])
         s_feat = student.encode(g, mask=mask)
         s_cls = head(torch.cat([s_feat[:, 0], student.encode(loc)[:, 0]]))
-        loss = dino(teacher_out=t_cls.chunk(2), student_out=s_cls.chunk(2 + len(b["local_crops"])), teacher_temp=temp)
-        loss = loss + ibot(teacher_out=t_masked, student_out=head(s_feat[mask]), mask=block, teacher_temp=temp)
-        loss = loss + 0.1 * sum(koleo(c) for c in s_feat[:, 0].chunk(2))
+        n_views = 2 + len(b["local_crops"])
+        loss = self.dino(teacher_out=t_cls.chunk(2), student_out=s_cls.chunk(n_views), teacher_temp=temp)
+        loss = loss + self.ibot(teacher_out=t_masked, student_out=head(s_feat[mask]), mask=block, teacher_temp=temp)
+        return loss + 0.1 * sum(self.koleo(c) for c in s_feat[:, 0].chunk(2))
+
+    def update_teacher(self, m: float) -> None:
+        from lightly.models.utils import update_momentum
+
+        update_momentum(self.student, self.teacher, m=m)
+        update_momentum(self.head, self.t_head, m=m)
+
+
+def run_lightly_dinov2(steps: int, batch: int, lr: float) -> tuple:
+    from domainfm.common.schedules import CosineSchedule
+    from lightly.utils.scheduler import cosine_schedule, linear_warmup_schedule
+
+    model = LightlyDINOv2()
+    opt = torch.optim.AdamW(model.params, lr=lr, weight_decay=0.04)
+    sched = CosineSchedule(lr, 1e-6, warmup_steps=0.1)
+    it = _loader("dinov2", batch)
+    t = time.perf_counter()
+    for step in range(steps):
+        temp = linear_warmup_schedule(step=step, warmup_steps=int(0.3 * steps), start_value=0.04, end_value=0.07)
+        loss = model.loss(next(it), temp)
         loss.backward()
         for group in opt.param_groups:
             group["lr"] = sched(step, steps)
             group["weight_decay"] = cosine_schedule(step=step, max_steps=steps, start_value=0.04, end_value=0.4)
-        torch.nn.utils.clip_grad_norm_(params, 3.0)
+        torch.nn.utils.clip_grad_norm_(model.params, 3.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        m = cosine_schedule(step=step, max_steps=steps, start_value=0.992, end_value=1.0)
-        update_momentum(student, teacher, m=m)
-        update_momentum(head, t_head, m=m)
-    return teacher.vit, steps / (time.perf_counter() - t), float(loss)
+        model.update_teacher(cosine_schedule(step=step, max_steps=steps, start_value=0.992, end_value=1.0))
+    return model.teacher.vit, steps / (time.perf_counter() - t), float(loss)
 
 
 def run_lightly(method: str, steps: int, batch: int) -> tuple:

@@ -240,13 +240,13 @@ class SceneReader:
             transform = Affine(res, 0.0, left, 0.0, -res, top)
         self.grid = Grid(finest.crs.to_string(), tuple(transform)[:6], width, height, res)
         common = {"crs": finest.crs, "transform": transform, "width": width, "height": height}
-        self._vrts = {}
+        self._sources = {}
         for path, ds in self._files.items():
             if ds.transform == transform and (ds.width, ds.height) == (width, height):
-                self._vrts[path] = ds  # on the grid already: read the file itself
+                self._sources[path] = ds  # on the grid already: read the file itself
             else:
                 method = Resampling.nearest if path == scene.mask else Resampling.bilinear
-                self._vrts[path] = WarpedVRT(ds, resampling=method, **common)
+                self._sources[path] = WarpedVRT(ds, resampling=method, **common)
 
     def _check_alignment(self, ref) -> None:
         for path, ds in self._files.items():
@@ -266,19 +266,19 @@ class SceneReader:
         window, shape = Window(col, row, size, size), (out_size or size,) * 2
         out = np.empty((len(self.bands), *shape), np.float32)
         for i, b in enumerate(self.bands):
-            out[i] = self._vrts[b.path].read(b.index, window=window, out_shape=shape)
+            out[i] = self._sources[b.path].read(b.index, window=window, out_shape=shape)
         return out
 
     def read_mask(self, row: int = 0, col: int = 0, size: int | None = None, out_shape=None) -> np.ndarray | None:
         """The SCL classes on the grid (whole scene when ``size`` is None), nearest neighbour; None without SCL."""
         if self.scene.mask is None:
             return None
-        return self._read_one(self._vrts[self.scene.mask], 1, row, col, size, out_shape)
+        return self._read_one(self._sources[self.scene.mask], 1, row, col, size, out_shape)
 
     def read_nodata(self, row: int = 0, col: int = 0, size: int | None = None, out_shape=None) -> np.ndarray:
         """True where the first band is the file's nodata value (all False when the file declares none)."""
         b = self.bands[0]
-        vrt = self._vrts[b.path]
+        vrt = self._sources[b.path]
         values = self._read_one(vrt, b.index, row, col, size, out_shape)
         nodata = self._files[b.path].nodata
         return np.zeros(values.shape, bool) if nodata is None else values == nodata
@@ -290,7 +290,7 @@ class SceneReader:
         return vrt.read(index, window=window, out_shape=out_shape)
 
     def close(self) -> None:
-        for v in getattr(self, "_vrts", {}).values():
+        for v in getattr(self, "_sources", {}).values():
             if v not in self._files.values():
                 v.close()
         for ds in self._files.values():

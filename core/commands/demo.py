@@ -33,7 +33,7 @@ def main(out: str = "runs/demo-core", steps: int | str = 150, **overrides: str) 
 
     start = time.perf_counter()
     out_dir, steps = Path(out).resolve(), int(steps)
-    xrays, run = sample_path(XRAYS), Path(out).resolve() / "simclr"
+    xrays, run = sample_path(XRAYS), out_dir / "simclr"
     args = [
         *XRAY_OVERRIDES,
         f"data.root={xrays / 'train'}",
