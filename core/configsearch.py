@@ -46,6 +46,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("div", lambda a, b: int(a) // int(b))
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
+    if not OmegaConf.has_resolver("len"):
+        OmegaConf.register_new_resolver("len", lambda items: len(items))
+    if not OmegaConf.has_resolver("repeat"):  # ${repeat:0.0,${len:${preprocess.bands}}} -> [0.0, 0.0, ...]
+        OmegaConf.register_new_resolver("repeat", lambda value, n: [value] * int(n))
 
 
 def compose_config(command: str, overrides: list[str] | None = None) -> DictConfig:

@@ -63,8 +63,9 @@ class Scene:
 
 # ---------------------------------------------------------------------------------------------- finding scenes
 def find_scenes(root: str | Path, exclude: Path | None = None) -> list[Scene]:
-    """Every scene under ``root`` (a folder searched recursively, a STAC item JSON, or one raster file)."""
-    root = Path(root).expanduser()
+    """Every scene under ``root`` (a folder searched recursively, a STAC item JSON, or one raster file). File paths
+    are absolute, so a chip index written from them reads from any working directory."""
+    root = Path(root).expanduser().resolve()
     if not root.exists():
         raise DataError(f"data.root={root} does not exist")
     if root.is_file():
@@ -161,8 +162,7 @@ def _band_name(file_name: str, eo: dict) -> str:
 def _local_file(href: str, folder: Path) -> Path | None:
     parsed = urlparse(href)
     candidates = [Path(parsed.path)] if parsed.scheme in ("", "file") else []
-    candidates += [folder / Path(parsed.path).name]
-    for c in candidates:
+    for c in [*candidates, Path(Path(parsed.path).name)]:
         c = c if c.is_absolute() else folder / c
         if c.is_file():
             return c

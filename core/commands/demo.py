@@ -71,7 +71,10 @@ def main(out: str = "runs/demo-core", steps: int | str = 150, **overrides: str) 
 
 
 def random_init_export(run: Path, out: Path) -> Path:
-    """The run's architecture and preprocessing at its seed's initialisation, exported (the baseline of a demo)."""
+    """The run's architecture and preprocessing at its seed's initialisation, exported (the baseline of a demo);
+    the domain keys of the run's own export (bands, normalisation, MPP) are kept."""
+    import json
+
     from domainfm.commands.common import load_run_config
     from domainfm.engine.export import export_backbone
     from domainfm.engine.runtime import seed_everything
@@ -81,7 +84,11 @@ def random_init_export(run: Path, out: Path) -> Path:
     cfg = load_run_config(run / "config.yaml")
     seed_everything(int(cfg.trainer.seed))
     method = instantiate(cfg.method)
-    return export_backbone(method.backbone, out, OmegaConf.to_container(cfg.preprocess), tag="random-init")
+    preprocess = OmegaConf.to_container(cfg.preprocess, resolve=True)
+    exported = run / "export" / "config.json"
+    if exported.is_file():
+        preprocess.update(json.loads(exported.read_text()).get("domainfm") or {})
+    return export_backbone(method.backbone, out, preprocess, tag="random-init")
 
 
 def verdict(pretrained: dict, random_init: dict, metric: str = "balanced_accuracy") -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,14 @@ from domainfm.commands.labeled import (
 )
 from domainfm.errors import ConfigError, DataError
 from domainfm.evaluation.abmil import bags_by_split, read_bag_files
-from domainfm.evaluation.datasets import ImageList
-from domainfm.evaluation.features import fingerprint
+from domainfm.evaluation.datasets import ImageList, LabeledSet
+from domainfm.evaluation.features import Preprocess, fingerprint
 from domainfm.evaluation.protocols import abmil_on_bags, check_protocols, run_protocols
 from domainfm.evaluation.report import plot_embedding, plot_result, render_summary, write_results
 from domainfm.plugins import kind_hook
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import Dataset
 
 log = logging.getLogger("domainfm")
 
@@ -43,26 +46,46 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     protocols = check_protocols(as_list(cfg.protocol))
     if cfg.get("features"):
         return run_on_bag_files(cfg, out, protocols)
-    sources = backbone_sources(cfg)
     write_config(cfg, out)
     data = labeled_data(cfg, out)
+
+    def images(source: str):
+        model, preprocess, channels = open_backbone(source, cfg, data)
+        return model, preprocess, ImageList.of(data, channels, preprocess.view())
+
+    return evaluate_backbones(cfg, out, protocols, data, images)
+
+
+def evaluate_backbones(
+    cfg: DictConfig,
+    out: Path,
+    protocols: list[str],
+    data: LabeledSet,
+    open_data: Callable[[str], tuple[nn.Module, Preprocess, Dataset]],
+    what: str = "images",
+) -> dict[str, Any]:
+    """The protocols for every backbone of ``cfg.backbone`` on ``data`` (with splits), one side-by-side table.
+    ``open_data(source)`` gives the backbone, its preprocessing and a dataset whose items align with ``data``
+    (a domain's evaluate hook passes its own: chips, volumes, ...); a dataset's ``fingerprint_extra`` (JSON) joins
+    the cache fingerprint when more than the backbone's preprocessing decides its input."""
+    sources = backbone_sources(cfg)
     settings = OmegaConf.to_container(cfg, resolve=True)
     names = backbone_names(sources)
     results, backbones = {}, {}
     for source in sources:
         name = names[source]
-        model, preprocess, channels = open_backbone(source, cfg, data)
+        model, preprocess, dataset = open_data(source)
         features = extract(
             cfg,
             model,
-            ImageList.of(data, channels, preprocess.view()),
+            dataset,
             out / name / "features.h5" if cfg.cache_features else None,
             pooling="both",
             overwrite=True,
             desc=f"extract {name}",
             backbone=source,
             classes=json.dumps(data.classes),
-            fingerprint=fingerprint(model, preprocess),
+            fingerprint=fingerprint(model, preprocess, getattr(dataset, "fingerprint_extra", None)),
         )
         results[name] = run_protocols(features, data, protocols, settings, out / name)
         backbones[name] = {"source": source, "preprocess": preprocess.to_dict(), "skipped_files": features.skipped}
@@ -81,7 +104,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 int(cfg.seed),
             )
     counts = {s: int((data.splits == s).sum()) for s in ("train", "val", "test")}
-    notes = [f"Data: {data.source} ({len(data)} images, {len(data.classes)} classes, split sizes {counts})."]
+    notes = [f"Data: {data.source} ({len(data)} {what}, {len(data.classes)} classes, split sizes {counts})."]
     summary = render_summary(results, "domainfm evaluate", notes)
     info = {"data": data.source, "classes": data.classes, "splits": counts, "backbones": backbones, "config": settings}
     write_results(out, results, info, summary)

@@ -141,15 +141,17 @@ def random_crop(
 ) -> tuple[torch.Tensor, CropParams]:
     """Random resized crop + flips of a ``C x H x W`` tensor (any C), returning the crop parameters too.
 
-    ``interpolation="bicubic"`` (DINOv2's and MAE's crops) clamps float output to [0, 1], as PIL does."""
+    ``interpolation="bicubic"`` (DINOv2's and MAE's crops) clamps float output to [0, 1], as PIL does; a float
+    image with values outside [0, 1] (normalised multispectral bands, CT in HU) is clamped to its own range."""
     from torchvision.transforms import RandomResizedCrop
     from torchvision.transforms.v2 import functional as TF
 
     top, left, h, w = RandomResizedCrop.get_params(image, list(scale), list(ratio))
     mode = _interpolation(interpolation)
     out = TF.resized_crop(image, top, left, h, w, list(size), interpolation=mode, antialias=True)
-    if mode == v2.InterpolationMode.BICUBIC and out.is_floating_point():
-        out = out.clamp_(0.0, 1.0)
+    if mode == v2.InterpolationMode.BICUBIC and out.is_floating_point():  # bicubic overshoots at edges
+        low, high = min(0.0, float(image.min())), max(1.0, float(image.max()))
+        out = out.clamp_(low, high)
     do_h = bool(torch.rand(()) < hflip)
     do_v = bool(torch.rand(()) < vflip)
     if do_h:

@@ -107,9 +107,10 @@ def pool_tokens(tokens: torch.Tensor, num_prefix: int, pooling: str) -> torch.Te
     return tokens[:, 0] if pooling == "cls" else torch.cat([tokens[:, 0], mean], dim=-1)
 
 
-def fingerprint(model: nn.Module, preprocess: Preprocess) -> str:
-    """SHA-1 of the weights and the preprocessing: cached features are reused only for the same pair."""
-    h = hashlib.sha1(json.dumps(preprocess.to_dict(), sort_keys=True).encode())
+def fingerprint(model: nn.Module, preprocess: Preprocess, extra: Any = None) -> str:
+    """SHA-1 of the weights and the preprocessing (plus ``extra``, JSON: what else decides the input, e.g. a
+    dataset's band normalisation): cached features are reused only for the same inputs."""
+    h = hashlib.sha1(json.dumps([preprocess.to_dict(), extra], sort_keys=True).encode())
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())

@@ -126,5 +126,7 @@ class MAE(Method):
             preprocess["mean"],
             preprocess["std"],
             out_dir / "reconstructions.png",
+            channels=preprocess.get("display_channels"),
+            stretch=bool(preprocess.get("display_stretch", False)),
         )
         return [path]

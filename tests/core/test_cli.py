@@ -16,7 +16,11 @@ def test_recipes_are_grouped_by_domain_with_descriptions(tmp_path):
     core = lines[: lines.index("pathology")]
     line = next(ln for ln in core if ln.strip().startswith("core/mae_vit_tiny"))
     assert line.startswith("  ") and "MAE (He et al. 2022)" in line
-    assert all(ln.strip().startswith("pathology/") for ln in lines[lines.index("pathology") + 1 :] if ln.strip())
+    pathology = lines[lines.index("pathology") + 1 : lines.index("remote_sensing")]
+    assert pathology and all(ln.strip().startswith("pathology/") for ln in pathology if ln.strip())
+    assert all(
+        ln.strip().startswith("remote_sensing/") for ln in lines[lines.index("remote_sensing") + 1 :] if ln.strip()
+    )
     only = run_cli(["recipes", "domain=pathology"], tmp_path)
     assert only.stdout.splitlines()[0] == "pathology" and "core/" not in only.stdout
 
