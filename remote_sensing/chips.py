@@ -1,7 +1,8 @@
 """Chips of scenes as an index of windows (no copies of the rasters): ``domainfm chips data.root=<scenes> out=<dir>``.
 
-Per scene: a grid of ``size`` px windows (``size_m`` metres at the scene grid's GSD), ``stride`` apart, on the
-grid of :class:`~domainfm.remote_sensing.scenes.SceneReader`; a window is kept when at most ``max_invalid`` of its
+Per scene: a grid of ``size`` px windows (``size_m`` metres at the scene grid's GSD), ``stride`` apart (or, with
+``mode="random"``, ``count`` windows drawn uniformly, reproducibly per scene), on the grid of
+:class:`~domainfm.remote_sensing.scenes.SceneReader`; a window is kept when at most ``max_invalid`` of its
 pixels are invalid: Sentinel-2 SCL classes in ``invalid_classes`` (no data, defective, cloud shadow, clouds,
 cirrus by default) or, without SCL, the first band's nodata. Each kept chip records its valid fraction and its
 majority valid SCL class (a weak land-cover label: vegetation, not vegetated, water, snow ...).
@@ -18,6 +19,7 @@ import csv
 import io
 import json
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,9 @@ class ChipParams:
     gsd: float | None = None  # metres per pixel of the grid (default: the scene's finest band)
     max_invalid: float = 0.1  # largest fraction of invalid (cloud, shadow, nodata) pixels in a kept chip
     invalid_classes: list[int] = field(default_factory=lambda: list(SCL_INVALID))
+    mode: str = "grid"  # grid: every stride px; random: `count` uniformly drawn windows per scene
+    count: int | None = None  # random mode: windows drawn per scene (before the validity filter)
+    seed: int = 0  # random mode: the draw of a scene depends on this and the scene's name only
 
     def validate(self) -> None:
         if self.size_m is None and (self.size is None or self.size < 1):
@@ -47,6 +52,10 @@ class ChipParams:
             raise ConfigError(f"chips.size_m={self.size_m}: must be > 0")
         if self.stride is not None and self.stride < 1:
             raise ConfigError(f"chips.stride={self.stride}: must be >= 1 px")
+        if self.mode not in ("grid", "random"):
+            raise ConfigError(f"chips.mode={self.mode!r}: use grid or random")
+        if self.mode == "random" and (self.count is None or self.count < 1):
+            raise ConfigError("chips.mode=random needs chips.count=<windows per scene> (at least 1)")
         if not 0 <= self.max_invalid <= 1:
             raise ConfigError(f"chips.max_invalid={self.max_invalid}: a fraction in [0, 1]")
 
@@ -115,6 +124,16 @@ def chip_windows(height: int, width: int, size: int, stride: int) -> np.ndarray:
     return np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
 
 
+def random_windows(height: int, width: int, size: int, count: int, seed: int, scene: str) -> np.ndarray:
+    """``(count, 2)`` origins drawn uniformly among the windows that fit, sorted; reproducible per scene (seeded
+    by ``seed`` and the scene's name, so adding scenes to an archive leaves the others' chips unchanged)."""
+    if height < size or width < size:
+        return np.zeros((0, 2), np.int64)
+    rng = np.random.default_rng([seed, zlib.crc32(scene.encode())])
+    origins = np.stack([rng.integers(0, height - size + 1, count), rng.integers(0, width - size + 1, count)], -1)
+    return origins[np.lexsort((origins[:, 1], origins[:, 0]))]
+
+
 def window_stats(invalid: np.ndarray, classes: np.ndarray | None, origins: np.ndarray, size: int):
     """Valid fraction and majority valid SCL class (-1: none, or no SCL) of each window."""
     valid = np.empty(len(origins))
@@ -135,7 +154,10 @@ def chip_scene(scene: Scene, out_dir: str | Path, params: ChipParams) -> SceneRe
     with SceneReader(scene, gsd=params.gsd) as reader:
         grid = reader.grid
         size = params.size_px(grid.gsd)
-        origins = chip_windows(grid.height, grid.width, size, params.stride or size)
+        if params.mode == "random":
+            origins = random_windows(grid.height, grid.width, size, int(params.count), params.seed, scene.name)
+        else:
+            origins = chip_windows(grid.height, grid.width, size, params.stride or size)
         classes = reader.read_mask()
         if classes is not None:
             invalid = np.isin(classes, params.invalid_classes)

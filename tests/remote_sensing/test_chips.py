@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import rasterio
-from domainfm.errors import DataError
+from domainfm.errors import ConfigError, DataError
 from domainfm.remote_sensing.bands import SCL_INVALID
 from domainfm.remote_sensing.chips import ChipParams, chip_scenes
 from domainfm.remote_sensing.datasets import ChipDataset
@@ -166,3 +166,25 @@ def test_the_chips_command_writes_the_index_and_band_stats(rs, tmp_path):
     (group,) = json.loads((tmp_path / "band_stats.json").read_text())["groups"]
     assert group["names"] == S2_BANDS and group["chips"] == 54 and len(group["scenes"]) == 6
     assert 0 < group["bands"]["B04"]["p2"] < group["bands"]["B04"]["mean"] < group["bands"]["B04"]["p98"]
+
+
+def test_random_chips_are_uniform_reproducible_per_scene_and_filtered(rs, tmp_path):
+    tile = rs / "sentinel2_l2a_29RKH"
+    params = ChipParams(size=32, mode="random", count=400, seed=3, max_invalid=0.05)
+    summary = chip_scenes(tile, tmp_path / "a", params, progress=False)
+    assert summary.scenes[0].candidates == 400 and 0 < summary.chips < 400  # cloudy draws are dropped
+    with open(tmp_path / "a" / "chips.csv", newline="") as f:
+        rows = [(int(x["row"]), int(x["col"])) for x in csv.DictReader(f)]
+    assert all(0 <= r <= 1098 - 32 and 0 <= c <= 1098 - 32 for r, c in rows)
+    assert len(set(rows)) > 0.95 * len(rows) and np.std([r for r, _ in rows]) > 250  # spread over the tile
+    scl = np.repeat(np.repeat(rasterio.open(tile / "SCL.tif").read(1), 2, 0), 2, 1)
+    for r, c in rows[:50]:  # every kept draw passes the same validity rule as grid chips
+        assert np.isin(scl[r : r + 32, c : c + 32], SCL_INVALID).mean() <= 0.05
+    again = chip_scenes(tile, tmp_path / "b", params, progress=False)
+    assert (tmp_path / "b" / "chips.csv").read_text() == (tmp_path / "a" / "chips.csv").read_text()
+    assert again.chips == summary.chips
+    other = chip_scenes(tile, tmp_path / "c", ChipParams(size=32, mode="random", count=400, seed=4), progress=False)
+    assert (tmp_path / "c" / "chips.csv").read_text() != (tmp_path / "a" / "chips.csv").read_text()
+    assert other.scenes[0].candidates == 400
+    with pytest.raises(ConfigError, match="chips.mode=random needs chips.count"):
+        chip_scenes(tile, tmp_path / "d", ChipParams(mode="random"), progress=False)
