@@ -8,7 +8,8 @@ cirrus by default) or, without SCL, the first band's nodata. Each kept chip reco
 majority valid SCL class (a weak land-cover label: vegetation, not vegetated, water, snow ...).
 
 Outputs under ``out``: ``scenes/<scene>.json`` (bands with wavelengths and files, the grid, the parameters),
-``index/<scene>.csv`` (row, col, size, valid, scl_class), ``chips.csv`` (all scenes), ``summary.json``. Done scenes
+``index/<scene>.csv`` (row, col, size, valid, scl_class), ``chips.csv`` (all scenes), ``summary.json``, and with
+``write`` a copy of every kept chip under ``files/<scene>/<row>_<col>.npy|tif``. Done scenes
 are skipped on a rerun (resume); scenes done with other parameters are an error unless ``overwrite``. An unreadable
 scene is skipped, counted and named; nothing already written is lost.
 """
@@ -44,6 +45,7 @@ class ChipParams:
     mode: str = "grid"  # grid: every stride px; random: `count` uniformly drawn windows per scene
     count: int | None = None  # random mode: windows drawn per scene (before the validity filter)
     seed: int = 0  # random mode: the draw of a scene depends on this and the scene's name only
+    write: str | None = None  # also copy each kept chip: npy ((C, H, W) float32) or tif (GeoTIFF with CRS)
 
     def validate(self) -> None:
         if self.size_m is None and (self.size is None or self.size < 1):
@@ -56,6 +58,8 @@ class ChipParams:
             raise ConfigError(f"chips.mode={self.mode!r}: use grid or random")
         if self.mode == "random" and (self.count is None or self.count < 1):
             raise ConfigError("chips.mode=random needs chips.count=<windows per scene> (at least 1)")
+        if self.write not in (None, "npy", "tif"):
+            raise ConfigError(f"chips.write={self.write!r}: use null (an index only), npy or tif")
         if not 0 <= self.max_invalid <= 1:
             raise ConfigError(f"chips.max_invalid={self.max_invalid}: a fraction in [0, 1]")
 
@@ -163,8 +167,10 @@ def chip_scene(scene: Scene, out_dir: str | Path, params: ChipParams) -> SceneRe
             invalid = np.isin(classes, params.invalid_classes)
         else:
             invalid = reader.read_nodata()
-    valid, majority = window_stats(invalid, classes, origins, size)
-    keep = valid >= 1.0 - params.max_invalid - 1e-9
+        valid, majority = window_stats(invalid, classes, origins, size)
+        keep = valid >= 1.0 - params.max_invalid - 1e-9
+        if params.write:
+            write_chip_files(reader, origins[keep], size, out_dir / "files" / scene.name, params.write)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(INDEX_COLUMNS)
@@ -176,6 +182,33 @@ def chip_scene(scene: Scene, out_dir: str | Path, params: ChipParams) -> SceneRe
     return SceneResult(
         scene.name, scene.source, "chipped", int(keep.sum()), len(origins), None, time.perf_counter() - t0
     )
+
+
+def write_chip_files(reader: SceneReader, origins: np.ndarray, size: int, folder: Path, fmt: str) -> None:
+    """``<folder>/<row>_<col>.npy|tif``: each chip's bands on the scene grid, float32 (GeoTIFF: CRS, the chip's
+    transform, band names as descriptions). Each file is written atomically; a rerun rewrites the scene's files."""
+    import os
+
+    import rasterio
+    from affine import Affine
+
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = Affine(*reader.grid.transform)
+    names = [b.name for b in reader.bands]
+    for r, c in origins:
+        chip = reader.read(int(r), int(c), size)
+        path = folder / f"{int(r)}_{int(c)}.{fmt}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        if fmt == "npy":
+            with tmp.open("wb") as f:
+                np.save(f, chip)
+        else:
+            profile = {"driver": "GTiff", "width": size, "height": size, "count": len(names), "dtype": "float32",
+                       "crs": reader.grid.crs, "transform": grid @ Affine.translation(int(c), int(r))}  # fmt: skip
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(chip)
+                dst.descriptions = tuple(names)
+        os.replace(tmp, path)
 
 
 def _run(scene: Scene, out_dir: str, params: ChipParams) -> SceneResult:

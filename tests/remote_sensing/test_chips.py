@@ -188,3 +188,22 @@ def test_random_chips_are_uniform_reproducible_per_scene_and_filtered(rs, tmp_pa
     assert other.scenes[0].candidates == 400
     with pytest.raises(ConfigError, match="chips.mode=random needs chips.count"):
         chip_scenes(tile, tmp_path / "d", ChipParams(mode="random"), progress=False)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "tif"])
+def test_chip_copies_hold_the_same_pixels_and_the_tif_is_georeferenced(rs, tmp_path, fmt):
+    tile = rs / "sentinel2_l2a_29RKH"
+    chip_scenes(tile, tmp_path, ChipParams(size=64, max_invalid=0.05, write=fmt), progress=False)
+    ds = ChipDataset(tmp_path)
+    files = sorted((tmp_path / "files" / "S2A_29RKH_20200219_0_L2A").glob(f"*.{fmt}"))
+    assert len(files) == len(ds) and not list((tmp_path / "files").rglob(".*.tmp"))
+    sample = ds[3]
+    path = tmp_path / "files" / sample["meta"]["scene"] / f"{sample['meta']['row']}_{sample['meta']['col']}.{fmt}"
+    if fmt == "npy":
+        np.testing.assert_array_equal(np.load(path), sample["image"].numpy())
+        return
+    with rasterio.open(path) as f, rasterio.open(tile / "B02.tif") as b02:
+        np.testing.assert_array_equal(f.read(), sample["image"].numpy())
+        assert f.crs == b02.crs and list(f.descriptions) == S2_BANDS
+        row, col = sample["meta"]["row"], sample["meta"]["col"]
+        assert f.transform == b02.transform @ rasterio.Affine.translation(col, row)  # the chip's own footprint
