@@ -41,6 +41,28 @@ SENTINEL2 = {
 }
 S2_ORDER = list(SENTINEL2)  # B01 .. B08, B8A, B09 .. B12
 
+# Landsat 8/9 OLI/TIRS Collection 2 Level-2 (USGS Landsat 8-9 C2 L2 Science Product Guide): surface reflectance
+# SR_B1..SR_B7 (reflectance = DN * 2.75e-5 - 0.2, i.e. scale 2.75e-5 with offset -7272.73 DN), ST_B10 surface
+# temperature (kelvin = DN * 0.00341802 + 149.0; 100 m native, delivered at 30 m).
+LANDSAT89 = {
+    b.name: b
+    for b in (
+        Band("SR_B1", 443, 30),
+        Band("SR_B2", 482, 30),
+        Band("SR_B3", 561.5, 30),
+        Band("SR_B4", 654.5, 30),
+        Band("SR_B5", 865, 30),
+        Band("SR_B6", 1608.5, 30),
+        Band("SR_B7", 2200.5, 30),
+        Band("ST_B10", 10895, 30),
+    )
+}
+LANDSAT_SR_SCALE = 2.75e-5
+# QA_PIXEL bits (Collection 2): 0 fill, 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow, 5 snow, 6 clear, 7 water
+QA_PIXEL_BITS = {0: "fill", 1: "dilated_cloud", 2: "cirrus", 3: "cloud", 4: "cloud_shadow", 5: "snow", 6: "clear",
+                 7: "water"}  # fmt: skip
+QA_INVALID_BITS = (0, 1, 2, 3, 4)  # fill, clouds (dilated, cirrus, cloud) and cloud shadow
+
 # L2A scene classification (ESA Sen2Cor): class index -> name
 SCL_CLASSES = {
     0: "no_data",

@@ -4,7 +4,8 @@ Per scene: a grid of ``size`` px windows (``size_m`` metres at the scene grid's 
 ``mode="random"``, ``count`` windows drawn uniformly, reproducibly per scene), on the grid of
 :class:`~domainfm.remote_sensing.scenes.SceneReader`; a window is kept when at most ``max_invalid`` of its
 pixels are invalid: Sentinel-2 SCL classes in ``invalid_classes`` (no data, defective, cloud shadow, clouds,
-cirrus by default) or, without SCL, the first band's nodata. Each kept chip records its valid fraction and its
+cirrus by default), Landsat 8/9 QA_PIXEL bits in ``qa_invalid_bits`` (fill, dilated cloud, cirrus, cloud, cloud
+shadow by default) or, without either, the first band's nodata. Each kept chip records its valid fraction and its
 majority valid SCL class (a weak land-cover label: vegetation, not vegetated, water, snow ...).
 
 Outputs under ``out``: ``scenes/<scene>.json`` (bands with wavelengths and files, the grid, the parameters),
@@ -28,7 +29,7 @@ import numpy as np
 from domainfm.common.jobs import run_jobs, worker_count
 from domainfm.engine.checkpoint import atomic_write_bytes
 from domainfm.errors import ConfigError, DataError
-from domainfm.remote_sensing.bands import SCL_CLASSES, SCL_INVALID
+from domainfm.remote_sensing.bands import QA_INVALID_BITS, SCL_CLASSES, SCL_INVALID
 from domainfm.remote_sensing.scenes import Scene, SceneReader, find_scenes
 
 INDEX_COLUMNS = ("row", "col", "size", "valid", "scl_class")
@@ -42,6 +43,7 @@ class ChipParams:
     gsd: float | None = None  # metres per pixel of the grid (default: the scene's finest band)
     max_invalid: float = 0.1  # largest fraction of invalid (cloud, shadow, nodata) pixels in a kept chip
     invalid_classes: list[int] = field(default_factory=lambda: list(SCL_INVALID))
+    qa_invalid_bits: list[int] = field(default_factory=lambda: list(QA_INVALID_BITS))  # Landsat QA_PIXEL
     mode: str = "grid"  # grid: every stride px; random: `count` uniformly drawn windows per scene
     count: int | None = None  # random mode: windows drawn per scene (before the validity filter)
     seed: int = 0  # random mode: the draw of a scene depends on this and the scene's name only
@@ -163,7 +165,10 @@ def chip_scene(scene: Scene, out_dir: str | Path, params: ChipParams) -> SceneRe
         else:
             origins = chip_windows(grid.height, grid.width, size, params.stride or size)
         classes = reader.read_mask()
-        if classes is not None:
+        if classes is not None and scene.mask_kind == "landsat_qa":  # bit flags: no classes, invalid by bits
+            flags = sum(1 << b for b in params.qa_invalid_bits)
+            invalid, classes = (classes.astype(np.int64) & flags) != 0, None
+        elif classes is not None:
             invalid = np.isin(classes, params.invalid_classes)
         else:
             invalid = reader.read_nodata()

@@ -86,7 +86,10 @@ class ChipDataset(Dataset):
     def reader(self, scene: str) -> SceneReader:
         if scene not in self._readers:
             info = self.infos[scene]
-            self._readers[scene] = SceneReader(Scene.from_dict(info["scene"]), info["grid"]["gsd"], self.bands)
+            # the grid the chips were indexed on: the finest band's own (gsd null; pixels may be non-square) or
+            # the one asked for with chips.gsd
+            gsd = info.get("params", {}).get("gsd")
+            self._readers[scene] = SceneReader(Scene.from_dict(info["scene"]), gsd, self.bands)
         return self._readers[scene]
 
     def __getitem__(self, i: int) -> dict:

@@ -4,6 +4,8 @@ A scene is one of:
 
 - a folder (or a file-name prefix inside a folder) of one file per band, named ``..._B01.tif`` / ``B8A.tif`` (the
   Sentinel-2 and BigEarthNet layouts), with an optional ``SCL`` scene-classification file as its mask;
+- Landsat 8/9 Collection 2 Level-2 per-band files (``<product id>_SR_B1.TIF`` .. ``_SR_B7.TIF``, ``_ST_B10.TIF``)
+  with ``_QA_PIXEL.TIF`` as a bit-flag mask (``mask_kind="landsat_qa"``; SR scale 2.75e-5 recorded);
 - a STAC item JSON (a ``Feature`` with ``assets``): the assets with ``eo:bands`` are its bands, ``scl`` its mask;
   asset files are found at their ``href`` or, for remote hrefs, by file name next to the JSON;
 - one multiband GeoTIFF/COG (bands named by their descriptions, else ``band_1 ..``).
@@ -24,11 +26,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 from domainfm.errors import DataError
-from domainfm.remote_sensing.bands import SENTINEL2, s2_sort_key
+from domainfm.remote_sensing.bands import LANDSAT89, LANDSAT_SR_SCALE, SENTINEL2, s2_sort_key
 
 RASTER_EXTENSIONS = (".tif", ".tiff")
 _BAND_FILE = re.compile(r"^(?P<prefix>.*?)[_-]?(?P<band>B(?:0[1-9]|1[0-2]|8A))\.tiff?$", re.IGNORECASE)
 _MASK_FILE = re.compile(r"^(?P<prefix>.*?)[_-]?SCL\.tiff?$", re.IGNORECASE)
+# Landsat 8/9 Collection 2 Level-2: <product id>_SR_B1.TIF .. _SR_B7.TIF, _ST_B10.TIF, _QA_PIXEL.TIF
+_LANDSAT_BAND = re.compile(r"^(?P<prefix>L[CO]0[89]_.*?)_(?P<band>SR_B[1-7]|ST_B10)\.tiff?$", re.IGNORECASE)
+_LANDSAT_QA = re.compile(r"^(?P<prefix>L[CO]0[89]_.*?)_QA_PIXEL\.tiff?$", re.IGNORECASE)
 _OTHER_PRODUCTS = re.compile(r"(^|[_-])(TCI|AOT|WVP|visual|thumbnail)\.", re.IGNORECASE)
 
 
@@ -45,9 +50,10 @@ class BandSource:
 class Scene:
     name: str
     bands: list[BandSource]
-    mask: str | None = None  # a Sentinel-2 SCL raster
+    mask: str | None = None  # a Sentinel-2 SCL raster, or a Landsat QA_PIXEL raster (mask_kind)
     scales: dict[str, float] = field(default_factory=dict)  # band -> multiplier to physical units (STAC)
     source: str = ""
+    mask_kind: str = "scl"  # scl: classes; landsat_qa: Collection 2 QA_PIXEL bit flags
 
     @property
     def band_names(self) -> list[str]:
@@ -92,6 +98,9 @@ def _folder_scenes(folder: Path) -> list[Scene]:
             return [scene_from_stac(item)]
     rasters = [p for p in files if p.suffix.lower() in RASTER_EXTENSIONS]
     groups: dict[str, dict] = {}
+    landsat = _landsat_scenes(rasters, folder)
+    if landsat:
+        return landsat
     for p in rasters:
         if m := _BAND_FILE.match(p.name):
             groups.setdefault(m["prefix"], {"bands": {}, "mask": None})["bands"][m["band"].upper()] = p
@@ -106,6 +115,27 @@ def _folder_scenes(folder: Path) -> list[Scene]:
         scenes.append(Scene(name, bands, str(g["mask"]) if g["mask"] else None, source=str(folder)))
     if not groups:  # no per-band files: every other raster is a multiband scene
         scenes += [_multiband_or_unreadable(p) for p in rasters if not _OTHER_PRODUCTS.search(p.name)]
+    return scenes
+
+
+def _landsat_scenes(rasters: list[Path], folder: Path) -> list[Scene]:
+    """Landsat 8/9 Collection 2 Level-2 per-band files with their QA_PIXEL band as the mask."""
+    groups: dict[str, dict] = {}
+    for p in rasters:
+        if m := _LANDSAT_BAND.match(p.name):
+            groups.setdefault(m["prefix"], {"bands": {}, "mask": None})["bands"][m["band"].upper()] = p
+        elif m := _LANDSAT_QA.match(p.name):
+            groups.setdefault(m["prefix"], {"bands": {}, "mask": None})["mask"] = p
+    scenes = []
+    order = list(LANDSAT89)
+    for prefix, g in sorted(groups.items()):
+        if not g["bands"]:
+            continue
+        names = sorted(g["bands"], key=order.index)
+        bands = [BandSource(n, str(g["bands"][n]), 1, LANDSAT89[n].wavelength_nm, LANDSAT89[n].gsd_m) for n in names]
+        scales = {n: LANDSAT_SR_SCALE for n in names if n.startswith("SR_")}
+        mask = str(g["mask"]) if g["mask"] else None
+        scenes.append(Scene(prefix, bands, mask, scales, source=str(folder), mask_kind="landsat_qa"))
     return scenes
 
 

@@ -207,3 +207,38 @@ def test_chip_copies_hold_the_same_pixels_and_the_tif_is_georeferenced(rs, tmp_p
         assert f.crs == b02.crs and list(f.descriptions) == S2_BANDS
         row, col = sample["meta"]["row"], sample["meta"]["col"]
         assert f.transform == b02.transform @ rasterio.Affine.translation(col, row)  # the chip's own footprint
+
+
+def test_landsat_band_files_with_qa_pixel_bits_mask_fill_and_clouds(rs, tmp_path):
+    """Landsat 8/9 Collection 2 names on the pixels of the real Landsat GeoTIFF (synthetic: no Landsat 8/9 sample
+    exists); QA_PIXEL made here: fill (bit 0) on the file's nodata border, cloud (bit 3) on a block, clear (bit 6)."""
+    prefix = "LC09_L2SP_014032_20230101_20230103_02_T1"
+    with rasterio.open(rs / "landsat7_RGB.byte.tif") as src:
+        rgb, profile = src.read().astype(np.uint16), {**src.profile, "count": 1, "dtype": "uint16", "nodata": None}
+    for i, band in enumerate(["SR_B4", "SR_B3", "SR_B2"]):
+        with rasterio.open(tmp_path / f"{prefix}_{band}.TIF", "w", **profile) as dst:
+            dst.write(rgb[i] * 100 + 7273, 1)
+    qa = np.where(rgb[0] == 0, 1, 1 << 6).astype(np.uint16)
+    qa[100:300, 200:400] |= 1 << 3  # a cloud
+    with rasterio.open(tmp_path / f"{prefix}_QA_PIXEL.TIF", "w", **profile) as dst:
+        dst.write(qa, 1)
+    (scene,) = find_scenes(tmp_path)
+    assert scene.band_names == ["SR_B2", "SR_B3", "SR_B4"] and scene.mask_kind == "landsat_qa"
+    assert [b.wavelength_nm for b in scene.bands] == [482, 561.5, 654.5] and scene.scales["SR_B2"] == 2.75e-5
+    chip_scenes(tmp_path, tmp_path / "chips", ChipParams(size=64, max_invalid=0.0), progress=False)
+    bad = (qa & 0b11111) != 0
+    origins = [(r, c) for r in range(0, 718 - 63, 64) for c in range(0, 791 - 63, 64)]
+    keep = [(r, c) for r, c in origins if not bad[r : r + 64, c : c + 64].any()]
+    with open(tmp_path / "chips" / "chips.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(x["row"]), int(x["col"])) for x in rows] == keep and {x["scl_class"] for x in rows} == {"-1"}
+    assert 0 < len(keep) < len([o for o in origins if not (qa[o[0] : o[0] + 64, o[1] : o[1] + 64] & 1).any()])
+    # the clouds count only when their bit is asked for
+    chip_scenes(tmp_path, tmp_path / "c2", ChipParams(size=64, max_invalid=0.0, qa_invalid_bits=[0]), progress=False)
+    with open(tmp_path / "c2" / "chips.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) > len(keep)
+    # the dataset reads on the grid the index was made on (this file's pixels are not square: 300.038 x 300.042 m)
+    ds = ChipDataset(tmp_path / "chips", normalization="scale", offset=-7272.73)
+    r, c = int(rows[0]["row"]), int(rows[0]["col"])
+    expected = (rgb[2][r : r + 64, c : c + 64] * 100 + 7273 - 7272.73) * 2.75e-5  # SR_B2 reflectance, USGS formula
+    np.testing.assert_allclose(ds[0]["image"][0].numpy(), expected, rtol=1e-5, atol=1e-6)
