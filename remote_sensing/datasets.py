@@ -59,9 +59,9 @@ class ChipDataset(Dataset):
         first = self.infos[self.rows[0][0]]
         if isinstance(normalization, dict):
             normalization = BandNormalization.from_dict(normalization)
-        if isinstance(normalization, BandNormalization) and bands and list(bands) != normalization.bands:
-            normalization.check_bands(bands, "data.dataset.bands")
-        if isinstance(normalization, BandNormalization):
+        if isinstance(normalization, BandNormalization):  # the weights' bands, in their order
+            if bands:
+                normalization.check_bands(bands, "data.dataset.bands")
             bands = normalization.bands
         self.bands = list(bands) if bands else [b["name"] for b in first["scene"]["bands"]]
         for name, info in self.infos.items():

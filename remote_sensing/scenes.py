@@ -97,15 +97,10 @@ def _folder_scenes(folder: Path) -> list[Scene]:
         if _is_stac_item(item):
             return [scene_from_stac(item)]
     rasters = [p for p in files if p.suffix.lower() in RASTER_EXTENSIONS]
-    groups: dict[str, dict] = {}
     landsat = _landsat_scenes(rasters, folder)
     if landsat:
         return landsat
-    for p in rasters:
-        if m := _BAND_FILE.match(p.name):
-            groups.setdefault(m["prefix"], {"bands": {}, "mask": None})["bands"][m["band"].upper()] = p
-        elif m := _MASK_FILE.match(p.name):
-            groups.setdefault(m["prefix"], {"bands": {}, "mask": None})["mask"] = p
+    groups = _band_groups(rasters, _BAND_FILE, _MASK_FILE)
     scenes = []
     for prefix, g in sorted(groups.items()):
         if not g["bands"]:
@@ -118,14 +113,20 @@ def _folder_scenes(folder: Path) -> list[Scene]:
     return scenes
 
 
-def _landsat_scenes(rasters: list[Path], folder: Path) -> list[Scene]:
-    """Landsat 8/9 Collection 2 Level-2 per-band files with their QA_PIXEL band as the mask."""
+def _band_groups(rasters: list[Path], band_file: re.Pattern, mask_file: re.Pattern) -> dict[str, dict]:
+    """``{prefix: {"bands": {BAND: path}, "mask": path | None}}`` of the files matching the two patterns."""
     groups: dict[str, dict] = {}
     for p in rasters:
-        if m := _LANDSAT_BAND.match(p.name):
+        if m := band_file.match(p.name):
             groups.setdefault(m["prefix"], {"bands": {}, "mask": None})["bands"][m["band"].upper()] = p
-        elif m := _LANDSAT_QA.match(p.name):
+        elif m := mask_file.match(p.name):
             groups.setdefault(m["prefix"], {"bands": {}, "mask": None})["mask"] = p
+    return groups
+
+
+def _landsat_scenes(rasters: list[Path], folder: Path) -> list[Scene]:
+    """Landsat 8/9 Collection 2 Level-2 per-band files with their QA_PIXEL band as the mask."""
+    groups = _band_groups(rasters, _LANDSAT_BAND, _LANDSAT_QA)
     scenes = []
     order = list(LANDSAT89)
     for prefix, g in sorted(groups.items()):
