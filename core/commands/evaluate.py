@@ -1,5 +1,9 @@
-"""``domainfm evaluate protocol=<knn|linear|fewshot|abmil|all> backbone=<...|[a,b]> data.root=<...>``:
-frozen-backbone protocols, one side-by-side table for several backbones.
+"""``domainfm evaluate protocol=<knn|linear|fewshot|abmil|zeroshot|all> backbone=<...|[a,b]> data.root=<...>``:
+frozen-backbone protocols, one side-by-side table for several backbones (``zeroshot``: CLIP exports, with
+``zeroshot.prompts``).
+
+``domainfm evaluate protocol=retrieval backbone=<CLIP export> data.root=<images> data.captions=<json|csv>``:
+image <-> text retrieval, R@1/5/10 both ways and mean recall (per language too).
 
 ``domainfm evaluate protocol=abmil features=<dir> data.csv=<slides.csv>``: ABMIL on bags that are already
 extracted, one ``.h5`` per slide (``domainfm extract`` on slides); the CSV's ``path`` column names each file
@@ -29,6 +33,7 @@ from domainfm.evaluation.datasets import ImageList, LabeledSet
 from domainfm.evaluation.features import Preprocess, fingerprint
 from domainfm.evaluation.protocols import abmil_on_bags, check_protocols, run_protocols
 from domainfm.evaluation.report import plot_embedding, plot_result, render_summary, write_results
+from domainfm.evaluation.zeroshot import zeroshot_results
 from domainfm.plugins import kind_hook
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -46,6 +51,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     protocols = check_protocols(as_list(cfg.protocol))
     if cfg.get("features"):
         return run_on_bag_files(cfg, out, protocols)
+    if "retrieval" in protocols:
+        return run_retrieval(cfg, out, protocols)
     write_config(cfg, out)
     data = labeled_data(cfg, out)
 
@@ -87,7 +94,10 @@ def evaluate_backbones(
             classes=json.dumps(data.classes),
             fingerprint=fingerprint(model, preprocess, getattr(dataset, "fingerprint_extra", None)),
         )
-        results[name] = run_protocols(features, data, protocols, settings, out / name)
+        trained = [p for p in protocols if p != "zeroshot"]
+        results[name] = run_protocols(features, data, trained, settings, out / name) if trained else []
+        if "zeroshot" in protocols:
+            results[name] += zeroshot_results(source, features, data, settings)
         backbones[name] = {"source": source, "preprocess": preprocess.to_dict(), "skipped_files": features.skipped}
         if cfg.report.plots:
             for r in results[name]:
@@ -159,3 +169,59 @@ def _write_predictions(path: Path, names: list[str], result) -> None:
         writer.writerow(["path", "label", "predicted", *[f"p_{c}" for c in result.classes]])
         for name, y, p in zip(names, result.y_true, result.probs):
             writer.writerow([name, result.classes[y], result.classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
+
+
+def run_retrieval(cfg: DictConfig, out: Path, protocols: list[str]) -> dict[str, Any]:
+    """Cross-modal retrieval for every CLIP export in ``backbone`` on ``data.captions`` (see the module docstring);
+    ``retrieval.languages`` restricts the captions; each language also gets its own rows."""
+    import numpy as np
+    import torch
+    from domainfm.data.captions import read_captions
+    from domainfm.evaluation.features import check_channels, load_eval_backbone
+    from domainfm.evaluation.zeroshot import render_retrieval, retrieval_scores
+    from domainfm.methods.clip import load_clip_text
+
+    if protocols != ["retrieval"]:
+        raise ConfigError("protocol=retrieval runs on image-caption pairs alone: give it without other protocols")
+    if not cfg.data.get("captions") or not cfg.data.get("root"):
+        raise ConfigError("protocol=retrieval needs data.root=<image folder> and data.captions=<COCO json or CSV>")
+    write_config(cfg, out)
+    captions = read_captions(cfg.data.captions, cfg.data.root)
+    languages = cfg.get("retrieval", {}).get("languages")
+    if languages:
+        captions = [c for c in captions if c.language in set(languages)]
+    if not captions:
+        raise DataError(f"{cfg.data.captions}: no captions (languages={languages})")
+    paths = list(dict.fromkeys(c.path for c in captions))
+    row = {p: i for i, p in enumerate(paths)}
+    ks = [int(k) for k in cfg.get("retrieval", {}).get("ks", [1, 5, 10])]
+    boot = dict(n_boot=int(cfg.metrics.bootstrap), seed=int(cfg.metrics.seed))
+    table: dict[str, dict[str, Any]] = {}
+    for source, name in backbone_names(backbone_sources(cfg)).items():
+        try:
+            clip_text = load_clip_text(source)
+        except ValueError as e:
+            raise DataError(f"protocol=retrieval: {e}") from None
+        model, preprocess = load_eval_backbone(source, arch=cfg.get("arch"))
+        channels = check_channels(paths, preprocess.in_chans, source, cfg.data.get("channels"))
+        features = extract(cfg, model, ImageList(paths, channels=channels, view=preprocess.view()), None, "cls", True)
+        if not features.valid.all():
+            bad = [str(paths[i]) for i in np.flatnonzero(~features.valid)]
+            raise DataError(f"{len(bad)} images of {cfg.data.captions} are unreadable: {', '.join(bad[:5])}")
+        images = clip_text.project_images(torch.from_numpy(np.asarray(features.pooled("cls"))))
+        groups = {"all": captions}
+        langs = sorted({c.language for c in captions})
+        if len(langs) > 1:
+            groups |= {lang: [c for c in captions if c.language == lang] for lang in langs}
+        for group, caps in groups.items():
+            texts = clip_text.encode_texts([c.text for c in caps])
+            sim = (images @ texts.t()).cpu().numpy()
+            key = name if group == "all" else f"{name} [{group}]"
+            table[key] = retrieval_scores(sim, np.array([row[c.path] for c in caps]), ks, **boot)
+    notes = f"Data: {cfg.data.captions} ({len(paths)} images, {len(captions)} captions, languages {langs})."
+    summary = "# domainfm evaluate: retrieval\n\n" + render_retrieval(table, ks) + "\n\n" + notes + "\n"
+    (out / "results.json").write_text(json.dumps({"retrieval": table, "data": str(cfg.data.captions)}, indent=2))
+    (out / "summary.md").write_text(summary)
+    print(summary, flush=True)
+    print(f"results: {out / 'results.json'}, {out / 'summary.md'}")
+    return table

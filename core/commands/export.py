@@ -30,6 +30,13 @@ def run(cfg: DictConfig) -> Path:
     method.load_state_dict(state["model"])
     out = Path(cfg.out) if cfg.out else run_dir / "export"
     preprocess = OmegaConf.to_container(run_cfg.preprocess, resolve=True)
-    export_backbone(method.backbone, out, preprocess, tag=f"domainfm-{run_cfg.name}-step{state['step']}")
+    settings = OmegaConf.to_container(run_cfg, resolve=True)
+    export_backbone(
+        method.backbone,
+        out,
+        preprocess,
+        tag=f"domainfm-{run_cfg.name}-step{state['step']}",
+        extra_files=lambda folder: method.export_files(folder, settings),
+    )
     print(f"exported step {state['step']} of {run_dir} to {out}")
     return out

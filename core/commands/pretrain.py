@@ -91,7 +91,15 @@ def _pretrain(cfg: DictConfig, run_dir, tcfg: TrainerConfig, main: bool) -> dict
             "steps": summary.steps,
             "data": f"{len(dataset)} samples ({type(dataset).__name__}), {len(summary.skipped_files)} unreadable",
         }
-        export = export_backbone(full.backbone, run_dir / "export", preprocess, tag=f"domainfm-{cfg.name}", card=card)
+        settings = OmegaConf.to_container(cfg, resolve=True)
+        export = export_backbone(
+            full.backbone,
+            run_dir / "export",
+            preprocess,
+            tag=f"domainfm-{cfg.name}",
+            card=card,
+            extra_files=lambda folder: full.export_files(folder, settings),
+        )
         summary.export = str(export)
         from domainfm.reports.curves import plot_loss_curve
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,13 @@ def export_backbone(
     preprocess: dict[str, Any],
     tag: str = "domainfm",
     card: dict[str, Any] | None = None,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the backbone to ``out_dir`` atomically (a temporary sibling folder renamed into place).
 
     ``card``: what the model card says beyond the preprocessing (``recipe``, ``description``, ``method``,
     ``data`` summary, ``steps``); ``preprocess["license"]`` (default ``other``) is its licence field.
+    ``extra_files(folder)`` writes what else the export holds (``Method.export_files``) before it is moved in place.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +86,8 @@ def export_backbone(
             config["domainfm"] = extra
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "README.md").write_text(model_card(config, preprocess, card or {}))
+        if extra_files is not None:
+            extra_files(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

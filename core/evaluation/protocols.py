@@ -18,7 +18,7 @@ from domainfm.evaluation.knn import knn_predict
 from domainfm.evaluation.linear import head_name, linear_grid, logistic_probe
 from domainfm.evaluation.results import ProtocolResult
 
-PROTOCOLS = ("knn", "linear", "fewshot", "abmil")
+PROTOCOLS = ("knn", "linear", "fewshot", "abmil", "zeroshot", "retrieval")  # the last two: CLIP exports
 
 
 def check_protocols(names: list[str]) -> list[str]:
@@ -26,7 +26,7 @@ def check_protocols(names: list[str]) -> list[str]:
     out = []
     for name in names:
         if name == "all":
-            out += [p for p in PROTOCOLS if p != "abmil"]
+            out += ["knn", "linear", "fewshot"]
         elif name in PROTOCOLS:
             out.append(name)
         else:

@@ -73,6 +73,11 @@ class Method(nn.Module):
             return tokens[:, 0]
         return tokens[:, prefix:].mean(dim=1)
 
+    def export_files(self, directory: Path, config: dict[str, Any]) -> None:
+        """Files the export holds beside the backbone (``config``: the run's resolved config), e.g. a CLIP text tower
+        and its tokenizer. Written into the export's temporary folder, so they land atomically with it. Default:
+        none."""
+
     def report(self, batch: dict[str, Any], out_dir: Path, preprocess: dict[str, Any]) -> list[Path]:
         """Method-specific figures for ``<run_dir>/report`` (e.g. MAE reconstructions). Default: none."""
         return []

@@ -10,9 +10,21 @@ HERE = Path(__file__).parent
 
 
 def sample_path(name: str) -> Path:
-    """Path of a bundled sample (a folder or file name in ``domainfm/sample_data``)."""
-    path = HERE / name
+    """Path of a bundled sample: a folder or file name in ``domainfm/sample_data``, or ``<domain>/<name>`` in that
+    domain package's ``sample_data`` folder."""
+    folder, rest = HERE, name
+    head, sep, tail = name.partition("/")
+    if sep:
+        from domainfm.plugins import domains
+
+        found = domains()
+        if head not in found:
+            raise DataError(f"no bundled sample {name!r}: {head!r} is not an installed domain ({', '.join(found)})")
+        folder, rest = found[head].folder / "sample_data", tail
+    path = folder / rest
     if not path.exists():
-        available = sorted(p.name for p in HERE.iterdir() if not p.name.startswith(("_", ".")) and p.suffix != ".md")
+        available = sorted(
+            p.name for p in folder.iterdir() if not p.name.startswith(("_", ".")) and p.suffix not in (".md", ".py")
+        )
         raise DataError(f"no bundled sample named {name!r}; available: {', '.join(available)}")
     return path

@@ -301,3 +301,21 @@ def dino_center_update(center, per_rank_logits, momentum=0.9):
     total = torch.cat([t.double() for t in per_rank_logits]).sum(dim=0, keepdim=True)
     batch_center = total / (per_rank_logits[0].shape[0] * len(per_rank_logits))
     return center.double() * momentum + batch_center * (1 - momentum)
+
+
+def dino_v1_multicrop_loss(student_output, teacher_output, center, student_temp, teacher_temp, n_global=2):
+    """DINO ``main_dino.py::DINOLoss.forward``: student outputs of all crops (globals first) and teacher outputs of
+    the global crops, each ``(n_crops * B, K)``; teacher softmax of ``(t - center) / tau_t``; for every teacher
+    crop ``iq`` and student crop ``v != iq``, the batch mean of ``-sum q log softmax(s / tau_s)``; averaged over
+    those pairs."""
+    n_crops = student_output.shape[0] // (teacher_output.shape[0] // n_global)
+    student = (student_output / student_temp).chunk(n_crops)
+    teacher = F.softmax((teacher_output - center) / teacher_temp, dim=-1).chunk(n_global)
+    total, n_terms = 0.0, 0
+    for iq, q in enumerate(teacher):
+        for v in range(len(student)):
+            if v == iq:
+                continue
+            total = total + torch.sum(-q * F.log_softmax(student[v], dim=-1), dim=-1).mean()
+            n_terms += 1
+    return total / n_terms
