@@ -62,8 +62,8 @@ def open_clip_step(model):
     opt = torch.optim.AdamW(groups, lr=5e-4, betas=(0.9, 0.98), eps=1e-6)
 
     def step(batch) -> None:
-        out = model(batch["image"], batch["text"])
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        image_features, text_features, logit_scale = model(batch["image"], batch["text"])
+        loss = loss_fn(image_features, text_features, logit_scale)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
