@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from paired_steps import compare_steps
 
 HF = {
     "model_type": "xlm-roberta",
@@ -112,18 +111,8 @@ def main() -> None:
     reference = towers()
     ours = domainfm_step(reference)  # loads the reference's weights before either trains
     theirs = open_clip_step(reference)
-    times: dict[str, list[float]] = {"domainfm": [], "open_clip": []}
-    for i in range(args.pairs + 2):
-        for name, step in (("domainfm", ours), ("open_clip", theirs)):
-            t = time.perf_counter()
-            step(batches[i % len(batches)])
-            if i >= 2:
-                times[name].append(time.perf_counter() - t)
-    ratios = sorted(a / b for a, b in zip(times["domainfm"], times["open_clip"]))
-    q = [ratios[round(f * (len(ratios) - 1))] for f in (0.25, 0.5, 0.75)]
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"median step: domainfm {med['domainfm']:.3f} s, open_clip {med['open_clip']:.3f} s ({args.pairs} pairs)")
-    print(f"time ratio domainfm / open_clip per pair: median {q[1]:.3f} (quartiles {q[0]:.3f}, {q[2]:.3f})")
+    run = lambda step: lambda i: step(batches[i % len(batches)])
+    compare_steps(run(ours), run(theirs), "open_clip", args.pairs)
 
 
 if __name__ == "__main__":

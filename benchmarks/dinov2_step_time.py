@@ -13,11 +13,10 @@ one global clip). Data loading is left out of both (the same loader feeds both i
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import hydra
 import torch
+from paired_steps import compare_steps
 from ssl_quality import PATCH, SIZE, LightlyDINOv2, _backbone, _loader
 
 
@@ -73,18 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     batches = _batches(6, args.batch)
     ours, theirs = domainfm_step(batches), lightly_step(batches)
-    times: dict[str, list[float]] = {"domainfm": [], "lightly": []}
-    for i in range(args.pairs + 2):
-        for name, step in (("domainfm", ours), ("lightly", theirs)):
-            t = time.perf_counter()
-            step(i)
-            if i >= 2:  # two warm-up steps each
-                times[name].append(time.perf_counter() - t)
-    ratios = sorted(a / b for a, b in zip(times["domainfm"], times["lightly"]))
-    q = [ratios[round(f * (len(ratios) - 1))] for f in (0.25, 0.5, 0.75)]
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"median step: domainfm {med['domainfm']:.3f} s, lightly {med['lightly']:.3f} s ({args.pairs} pairs)")
-    print(f"time ratio domainfm / lightly per pair: median {q[1]:.3f} (quartiles {q[0]:.3f}, {q[2]:.3f})")
+    compare_steps(ours, theirs, "lightly", args.pairs)
 
 
 if __name__ == "__main__":

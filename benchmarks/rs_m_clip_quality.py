@@ -86,26 +86,9 @@ def evaluate(backbones: list[Path], out: Path) -> tuple[dict, dict]:
     return zs, rt
 
 
-def random_init(run: Path, out: Path) -> Path:
-    """The trained run's export with the method's weights at initialisation (same seed, no step)."""
-    import torch
-    from domainfm.commands.common import load_run_config
-    from domainfm.engine.export import export_backbone
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    cfg = load_run_config(run / "config.yaml")
-    torch.manual_seed(int(cfg.trainer.seed))
-    method = instantiate(cfg.method)
-    preprocess = json.loads((run / "export" / "config.json").read_text()).get("domainfm", {})
-    preprocess |= OmegaConf.to_container(cfg.preprocess, resolve=True)
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    return export_backbone(
-        method.backbone, out, preprocess, tag="random-init", extra_files=lambda f: method.export_files(f, settings)
-    )
-
-
 def main() -> None:
+    from domainfm.commands.demo import random_init_export
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -116,7 +99,7 @@ def main() -> None:
         timing = {
             name: pretrain(run, args.steps, seed, 1.0 if name == "rs_m_clip" else 0.0) for name, run in runs.items()
         }
-        base = random_init(runs["rs_m_clip"], OUT / f"random_init_s{seed}" / "export")
+        base = random_init_export(runs["rs_m_clip"], OUT / f"random_init_s{seed}" / "export")
         zs, rt = evaluate([runs["rs_m_clip"], runs["clip_only"], base], OUT / f"eval_s{seed}")
         results[seed] = {"timing": timing, "zeroshot": zs, "retrieval": rt}
     (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str))

@@ -72,7 +72,7 @@ def main(out: str = "runs/demo-core", steps: int | str = 150, **overrides: str) 
 
 def random_init_export(run: Path, out: Path) -> Path:
     """The run's architecture and preprocessing at its seed's initialisation, exported (the baseline of a demo);
-    the domain keys of the run's own export (bands, normalisation, MPP) are kept."""
+    the domain keys of the run's own export (bands, normalisation, MPP) and the method's export files are kept."""
     import json
 
     from domainfm.commands.common import load_run_config
@@ -88,10 +88,12 @@ def random_init_export(run: Path, out: Path) -> Path:
     exported = run / "export" / "config.json"
     if exported.is_file():
         preprocess.update(json.loads(exported.read_text()).get("domainfm") or {})
-    return export_backbone(method.backbone, out, preprocess, tag="random-init")
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    extra = lambda folder: method.export_files(folder, settings)  # e.g. a CLIP run's text tower, untrained too
+    return export_backbone(method.backbone, out, preprocess, tag="random-init", extra_files=extra)
 
 
-def verdict(pretrained: dict, random_init: dict, metric: str = "balanced_accuracy") -> str:
+def verdict(pretrained: dict, random_init: dict, metric: str = "balanced_accuracy", label: str = "kNN") -> str:
     """One line: does pretraining beat random init on ``metric``, with the 95 % CIs and whether they overlap."""
     (a, (a_lo, a_hi)), (b, (b_lo, b_hi)) = ((r["metrics"][metric], r["ci"][metric]) for r in (pretrained, random_init))
     name = metric.replace("_", " ")
@@ -101,7 +103,7 @@ def verdict(pretrained: dict, random_init: dict, metric: str = "balanced_accurac
         how = "pretraining is ahead of random init, but the 95 % CIs overlap"
     else:
         how = "pretraining does not beat random init at this budget"
-    return f"{how}: kNN {name} {a:.3f} [{a_lo:.3f}, {a_hi:.3f}] vs {b:.3f} [{b_lo:.3f}, {b_hi:.3f}]"
+    return f"{how}: {label} {name} {a:.3f} [{a_lo:.3f}, {a_hi:.3f}] vs {b:.3f} [{b_lo:.3f}, {b_hi:.3f}]"
 
 
 def list_demos() -> str:

@@ -281,9 +281,11 @@ def test_demo_lists_and_refuses_unknown_names(tmp_path):
     listed = run_cli(["demo"], tmp_path)
     assert listed.returncode == 0
     assert listed.stdout.splitlines()[0] == "demos (domainfm demo <domain> [key=value ...]):"
-    assert any(ln.split()[0] == "pathology" for ln in listed.stdout.splitlines()[1:])
+    names = {ln.split()[0] for ln in listed.stdout.splitlines()[1:]}
+    assert {"pathology", "remote_sensing"} <= names
     bad = run_cli(["demo", "volcanology"], tmp_path)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: no demo named 'volcanology'; demos: core, pathology"
+    expected = "error: no demo named 'volcanology'; demos: core, pathology, remote_sensing"
+    assert bad.returncode == 2 and bad.stderr.strip() == expected
 
 
 def test_architecture_guide_shows_the_plugin_layout():

@@ -1,14 +1,14 @@
 """remote_sensing/rs_m_clip_tiny end to end on the bundled EuroSAT chips and their multilingual captions (real
-images; captions are class templates written by us, see remote_sensing/sample_data/README.md): pretrain a few
-steps, the export carries the text tower and tokenizer, zero-shot (per language too) and retrieval through
-`domainfm evaluate`."""
+images; captions are class templates written by us, see remote_sensing/sample_data/README.md), through the
+remote-sensing demo: pretrain a few steps, the export carries the text tower and tokenizer, zero-shot (per language
+too) and retrieval through `domainfm evaluate`, against the random-init export (which has a text tower too)."""
 
 import json
 
 import pytest
 import torch
 from domainfm.cli import compose_config
-from domainfm.commands import evaluate, pretrain
+from domainfm.commands import evaluate
 from domainfm.errors import DataError
 from domainfm.methods.clip import load_clip_text
 from domainfm.sample_data import sample_path
@@ -19,20 +19,19 @@ SAMPLE = sample_path("remote_sensing/eurosat_rgb_small").parent
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("rsm") / "run"
-    overrides = [
-        "recipe=remote_sensing/rs_m_clip_tiny",
-        f"run_dir={run_dir}",
-        "trainer.max_steps=2",
-        "trainer.checkpoint_every=2",
-        "data.batch_size=8",
-        "trainer.progress=false",
-        "data.num_workers=0",
-    ]
-    summary = pretrain.run(compose_config("pretrain", overrides))
-    assert summary["steps"] == 2
-    return run_dir
+def demo_out(tmp_path_factory):
+    """The remote-sensing demo at 2 steps: pretrain, random-init baseline, zero-shot and retrieval."""
+    from domainfm.remote_sensing import demo
+
+    out = tmp_path_factory.mktemp("rsm")
+    result = demo.main(out=str(out), steps="2")
+    assert result["run"] == str(out / "rs_m_clip_tiny")
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(demo_out):
+    return demo_out / "rs_m_clip_tiny"
 
 
 def test_export_rebuilds_the_text_side_offline(run):
@@ -55,44 +54,20 @@ def test_export_rebuilds_the_text_side_offline(run):
     assert text.logits.logit_scale.item() == pytest.approx(method.logits.logit_scale.item())
 
 
-def test_zeroshot_and_retrieval_through_evaluate(run, tmp_path):
-    common = ["progress=false", "report.plots=false", "cache_features=false", f"backbone={run}"]
-    zs = evaluate.run(
-        compose_config(
-            "evaluate",
-            common
-            + [
-                f"data.root={SAMPLE / 'eurosat_rgb_small'}",
-                f"data.csv={SAMPLE / 'eurosat_labels.csv'}",
-                "protocol=[zeroshot]",
-                f"zeroshot.prompts={SAMPLE / 'eurosat_prompts.json'}",
-                f"run_dir={tmp_path / 'zs'}",
-                "metrics.bootstrap=20",
-            ],
-        )
-    )
-    (rows,) = zs.values()
-    names = [r["protocol"] for r in rows]
-    assert names == ["zeroshot"] + [f"zeroshot[{x}]" for x in ("en", "pt", "es", "fr", "de", "it")]
-    assert all(r["n"] == 30 for r in rows)  # the test split: 3 chips per class, none captioned in training
-    assert "zeroshot" in (tmp_path / "zs" / "summary.md").read_text()
-    rt = evaluate.run(
-        compose_config(
-            "evaluate",
-            common
-            + [
-                f"data.root={SAMPLE / 'eurosat_rgb_small'}",
-                f"data.captions={SAMPLE / 'eurosat_test_captions.csv'}",
-                "protocol=[retrieval]",
-                f"run_dir={tmp_path / 'rt'}",
-                "metrics.bootstrap=20",
-            ],
-        )
-    )
-    assert set(rt) == {"run"} | {f"run [{x}]" for x in ("de", "en", "es", "fr", "it", "pt")}
-    assert rt["run"]["n_images"] == 30 and rt["run"]["n_texts"] == 180 and rt["run [pt]"]["n_texts"] == 30
-    assert 0 <= rt["run"]["mean_recall"] <= 100
-    assert json.loads((tmp_path / "rt" / "results.json").read_text())["retrieval"]["run"]["n_texts"] == 180
+def test_the_demo_runs_zeroshot_per_language_and_retrieval_against_random_init(demo_out):
+    zs = json.loads((demo_out / "zeroshot" / "results.json").read_text())["results"]
+    assert set(zs) == {"rs_m_clip_tiny", "random_init"}
+    for rows in zs.values():
+        names = [r["protocol"] for r in rows]
+        assert names == ["zeroshot"] + [f"zeroshot[{x}]" for x in ("en", "pt", "es", "fr", "de", "it")]
+        assert all(r["n"] == 30 for r in rows)  # the test split: 3 chips per class, none captioned in training
+    assert "zeroshot[pt]" in (demo_out / "zeroshot" / "summary.md").read_text()
+    rt = json.loads((demo_out / "retrieval" / "results.json").read_text())["retrieval"]
+    langs = ("de", "en", "es", "fr", "it", "pt")
+    assert set(rt) == {f"{n}{s}" for n in ("rs_m_clip_tiny", "random_init") for s in ["", *(f" [{x}]" for x in langs)]}
+    run = rt["rs_m_clip_tiny"]
+    assert run["n_images"] == 30 and run["n_texts"] == 180 and rt["rs_m_clip_tiny [pt]"]["n_texts"] == 30
+    assert 0 <= run["mean_recall"] <= 100
 
 
 def test_zeroshot_on_a_backbone_without_text_tower_is_one_line(run, tmp_path):
