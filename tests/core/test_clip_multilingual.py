@@ -262,3 +262,15 @@ def test_clip_text_projects_images_like_the_method():
     x = torch.randn(2, 3, 32, 32)
     cls = method.backbone.forward_features(x)[:, 0]
     torch.testing.assert_close(text.project_images(cls), torch.nn.functional.normalize(method.encode_image(x), dim=-1))
+
+
+def test_xlm_roberta_base_preset_is_the_hub_config_and_folders_are_read(tmp_path):
+    from domainfm.methods.clip_towers import hf_config
+
+    cfg = hf_config("xlm-roberta-base")  # FacebookAI/xlm-roberta-base config.json, built in (no download)
+    assert (cfg.model_type, cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers) == ("xlm-roberta", 250002, 768, 12)
+    assert (cfg.max_position_embeddings, cfg.pad_token_id, cfg.type_vocab_size, cfg.layer_norm_eps) == (514, 1, 1, 1e-5)
+    (tmp_path / "config.json").write_text(json.dumps(HF_TINY))
+    assert hf_config(str(tmp_path)).hidden_size == 32
+    with pytest.raises(ValueError, match="not a preset .*xlm-roberta-base.* and no config.json there"):
+        hf_config(str(tmp_path / "missing"))
