@@ -110,10 +110,31 @@ def hf_text_tower(
     return tower
 
 
+OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # what open_clip's hub repos hold
+
+
+def _hub_file(source: str) -> Path:
+    """``hf-hub:<org>/<name>``: its open_clip weights file through the Hugging Face cache (``HF_HUB_OFFLINE``: the
+    cache only)."""
+    from domainfm.backbones.loading import hub_offline
+    from huggingface_hub import hf_hub_download
+
+    repo, offline, errors = source[len("hf-hub:") :], bool(hub_offline()), []
+    for name in OPEN_CLIP_FILES:
+        try:
+            return Path(hf_hub_download(repo, name, local_files_only=offline))
+        except Exception as err:  # noqa: BLE001 - try the next file name
+            errors.append(f"{name}: {type(err).__name__}")
+    raise FileNotFoundError(
+        f"{source}: no open_clip weights ({'; '.join(errors)}); download them where the hub is reachable and give "
+        "the local file"
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a torch file (``state_dict`` / ``model`` wrappers and DDP ``module.``
-    prefixes removed)."""
-    path = Path(path)
+    prefixes removed); ``hf-hub:<org>/<name>`` reads the repo's open_clip weights file (e.g. RS-M-CLIP's)."""
+    path = _hub_file(path) if str(path).startswith("hf-hub:") else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: give the open_clip checkpoint (open_clip_pytorch_model.bin)")
     if path.suffix == ".safetensors":

@@ -274,3 +274,26 @@ def test_xlm_roberta_base_preset_is_the_hub_config_and_folders_are_read(tmp_path
     assert hf_config(str(tmp_path)).hidden_size == 32
     with pytest.raises(ValueError, match="not a preset .*xlm-roberta-base.* and no config.json there"):
         hf_config(str(tmp_path / "missing"))
+
+
+def test_hub_weights_are_read_through_the_hugging_face_cache(tmp_path, monkeypatch):
+    # no network: hf_hub_download is replaced by a local cache that holds only the .bin file
+    import huggingface_hub
+    from domainfm.methods.clip_towers import read_state_dict
+
+    torch.save({"state_dict": {"module.logit_scale": torch.tensor(2.5)}}, tmp_path / "open_clip_pytorch_model.bin")
+    asked = []
+
+    def fake_download(repo, name, local_files_only=False):
+        asked.append((repo, name))
+        if not (tmp_path / name).exists():
+            raise FileNotFoundError(name)
+        return str(tmp_path / name)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    state = read_state_dict("hf-hub:someone/RS-M-CLIP")
+    assert state["logit_scale"].item() == 2.5
+    assert asked == [("someone/RS-M-CLIP", f) for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")]
+    (tmp_path / "open_clip_pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="hf-hub:someone/RS-M-CLIP: no open_clip weights"):
+        read_state_dict("hf-hub:someone/RS-M-CLIP")
