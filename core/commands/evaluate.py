@@ -209,15 +209,15 @@ def run_retrieval(cfg: DictConfig, out: Path, protocols: list[str]) -> dict[str,
             bad = [str(paths[i]) for i in np.flatnonzero(~features.valid)]
             raise DataError(f"{len(bad)} images of {cfg.data.captions} are unreadable: {', '.join(bad[:5])}")
         images = clip_text.project_images(torch.from_numpy(np.asarray(features.pooled("cls"))))
-        groups = {"all": captions}
+        sim = (images @ clip_text.encode_texts([c.text for c in captions]).t()).cpu().numpy()  # texts encoded once
+        caption_image = np.array([row[c.path] for c in captions])
+        languages_of = np.array([c.language for c in captions])
         langs = sorted({c.language for c in captions})
+        groups = {name: np.arange(len(captions))}
         if len(langs) > 1:
-            groups |= {lang: [c for c in captions if c.language == lang] for lang in langs}
-        for group, caps in groups.items():
-            texts = clip_text.encode_texts([c.text for c in caps])
-            sim = (images @ texts.t()).cpu().numpy()
-            key = name if group == "all" else f"{name} [{group}]"
-            table[key] = retrieval_scores(sim, np.array([row[c.path] for c in caps]), ks, **boot)
+            groups |= {f"{name} [{lang}]": np.flatnonzero(languages_of == lang) for lang in langs}
+        for key, cols in groups.items():
+            table[key] = retrieval_scores(sim[:, cols], caption_image[cols], ks, **boot)
     notes = f"Data: {cfg.data.captions} ({len(paths)} images, {len(captions)} captions, languages {langs})."
     summary = "# domainfm evaluate: retrieval\n\n" + render_retrieval(table, ks) + "\n\n" + notes + "\n"
     (out / "results.json").write_text(json.dumps({"retrieval": table, "data": str(cfg.data.captions)}, indent=2))

@@ -103,10 +103,6 @@ class ImageCaptions(Dataset):
         self.tokenizer = make_tokenizer(tokenizer, context_length)
 
     @property
-    def pairs(self) -> list[tuple[Path, str]]:
-        return [(c.path, c.text) for item in self.items for c in item]
-
-    @property
     def languages(self) -> list[str]:
         return sorted({c.language for item in self.items for c in item})
 

@@ -155,9 +155,6 @@ class CLIPSelfDistill(CLIP):
         self.teacher.eval()
         return self
 
-    def _student(self):
-        return [self.encoder, self.head]
-
     def forward(self, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         globals_, locals_ = batch["global_crops"], batch.get("local_crops") or []
         n_g, n_l, B = len(globals_), len(locals_), globals_[0].shape[0]
@@ -170,8 +167,7 @@ class CLIPSelfDistill(CLIP):
             t_probs = self.dino_loss.teacher_probs(self.teacher.head(self.teacher.encoder(g).cls), temp).chunk(n_g)
         s_cls_global = self.encoder(g).cls
         s_parts = [s_cls_global] + ([self.encoder(torch.cat(locals_)).cls] if n_l else [])
-        sizes = [p.shape[0] for p in s_parts]
-        s_logits = list(torch.cat(self.head(torch.cat(s_parts)).split(sizes)).chunk(n_g + n_l))
+        s_logits = self.head(torch.cat(s_parts)).chunk(n_g + n_l)  # one head pass over all crops
         total, pairs = s_logits[0].new_zeros((), dtype=torch.float32), 0
         for t, probs in enumerate(t_probs):
             for s, logits in enumerate(s_logits):
@@ -198,9 +194,9 @@ class CLIPSelfDistill(CLIP):
     @torch.no_grad()
     def after_step(self, ctx: StepContext) -> None:
         super().after_step(ctx)
-        student = nn.ModuleList(self._student())
-        teacher = nn.ModuleList([self.teacher.encoder, self.teacher.head])
-        ema_update(teacher, student, self.momentum(ctx.step, ctx.max_steps))
+        momentum = self.momentum(ctx.step, ctx.max_steps)
+        ema_update(self.teacher.encoder, self.encoder, momentum)
+        ema_update(self.teacher.head, self.head, momentum)
 
 
 class ClipText(nn.Module):
