@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,29 +13,48 @@ from domainfm.commands.labeled import backbone_names, backbone_sources, labeled_
 from domainfm.commands.pretrain import trainer_config
 from domainfm.engine.export import export_backbone
 from domainfm.engine.runlock import RunLock
-from domainfm.evaluation.datasets import ImageList
-from domainfm.evaluation.features import extract_features
-from domainfm.evaluation.finetune import finetune, predict_images
+from domainfm.evaluation.datasets import LabeledSet
+from domainfm.evaluation.features import Preprocess, extract_features
+from domainfm.evaluation.finetune import MakeSet, finetune, image_sets, predict_images
 from domainfm.evaluation.report import plot_embedding, plot_result, render_summary, write_results
 from domainfm.evaluation.results import ProtocolResult
+from domainfm.plugins import kind_hook
 from domainfm.reports.curves import plot_loss_curve
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 log = logging.getLogger("domainfm")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     apply_data_limits(cfg)
+    hook = kind_hook(cfg, "finetune")  # a domain's data kind (chips, ...): that domain reads it
+    if hook is not None:
+        return hook(cfg)
     out = output_dir(cfg)
     with RunLock(out, "domainfm finetune"):
-        return _finetune(cfg, out)
+        write_config(cfg, out)
+        data = labeled_data(cfg, out)
+
+        def image_files(source: str) -> FinetuneInput:
+            model, preprocess, channels = open_backbone(source, cfg, data)
+            return model, preprocess, image_sets(channels), None
+
+        return finetune_backbones(cfg, out, data, image_files)
 
 
-def _finetune(cfg: DictConfig, out) -> dict[str, Any]:
+FinetuneInput = tuple[nn.Module, Preprocess, MakeSet, Callable | None]
+
+
+def finetune_backbones(
+    cfg: DictConfig, out: Path, data: LabeledSet, open_input: Callable[[str], FinetuneInput], what: str = "images"
+) -> dict[str, Any]:
+    """Finetune every backbone of ``cfg.backbone`` on ``data`` (with splits), test the best-on-val checkpoint,
+    export it; one side-by-side table. ``open_input(source)`` gives the backbone, its preprocessing, the
+    ``make_set(subset, view)`` that reads a split and the training view (``None``: the core's RGB-style crop +
+    flips); a domain's finetune hook passes its own (chips, volumes, ...)."""
     sources = backbone_sources(cfg)
     tcfg = trainer_config(cfg)
-    write_config(cfg, out)
-    data = labeled_data(cfg, out)
     test = data.select("test")
     names = backbone_names(sources)
     ft = OmegaConf.to_container(cfg.finetune, resolve=True)
@@ -42,9 +62,11 @@ def _finetune(cfg: DictConfig, out) -> dict[str, Any]:
     for source in sources:
         name = names[source]
         run_dir = out if len(sources) == 1 else out / name
-        model, preprocess, channels = open_backbone(source, cfg, data)
-        method, summary, best = finetune(model, preprocess, data, run_dir, tcfg, channels=channels, **ft)
-        test_set = ImageList.of(test, channels, preprocess.view())
+        model, preprocess, make_set, train_view = open_input(source)
+        method, summary, best = finetune(
+            model, preprocess, data, run_dir, tcfg, make_set=make_set, train_view=train_view, **ft
+        )
+        test_set = make_set(test, preprocess.view())
         probs = predict_images(method, test_set, tcfg.batch_size, tcfg.num_workers, method_precision(tcfg))
         details = {
             "selected": f"step {best} ({tcfg.monitor})",
@@ -70,7 +92,7 @@ def _finetune(cfg: DictConfig, out) -> dict[str, Any]:
             _plots(cfg, result, method.backbone, test_set, test.labels, data.classes, run_dir, name)
     counts = {s: int((data.splits == s).sum()) for s in ("train", "val", "test")}
     notes = [
-        f"Data: {data.source} ({len(data)} images, {len(data.classes)} classes, split sizes {counts}).",
+        f"Data: {data.source} ({len(data)} {what}, {len(data.classes)} classes, split sizes {counts}).",
         f"Checkpoint chosen on the validation split by {tcfg.monitor} ({tcfg.monitor_mode}).",
     ]
     summary_md = render_summary(results, "domainfm finetune", notes)

@@ -14,7 +14,7 @@ evaluation views: resize + centre crop. The checkpoint that scores best on the v
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,13 @@ from domainfm.evaluation.training import class_balance_weights, fit_best, valida
 from domainfm.methods.base import Method, StepContext
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+MakeSet = Callable[[LabeledSet, Callable | None], Dataset]
+
+
+def image_sets(channels: int | None) -> MakeSet:
+    """``make_set`` for image files: the split's files read with ``channels`` channels, mapped by ``view``."""
+    return lambda subset, view: ImageList.of(subset, channels, view)
 
 
 def set_drop_path(backbone: nn.Module, rate: float) -> None:
@@ -134,16 +141,25 @@ def finetune(
     crop_scale: Sequence[float] = (0.5, 1.0),
     hflip: float = 0.5,
     vflip: float = 0.0,
+    make_set: MakeSet | None = None,
+    train_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[Classifier, RunSummary, int]:
     """Finetune on ``data``'s train split, validating on its val split; returns the classifier with the best
-    validation state loaded, the run summary and the best step."""
+    validation state loaded, the run summary and the best step.
+
+    ``make_set(subset, view)`` gives the dataset of a split (default: image files, :class:`ImageList`);
+    ``train_view`` the training augmentation (default: random resized crop + flips with the weights' mean/std).
+    A domain passes its own (chips, volumes, ...)."""
     n_classes = len(data.classes)
     train, val = data.select("train"), data.select("val")
     channels = channels or preprocess.in_chans
+    make_set = make_set or image_sets(channels)
     torch.manual_seed(cfg.seed)
     method = Classifier(backbone, n_classes, pooling, layer_decay, train_blocks, drop_path, label_smoothing)
-    view = RandomView(preprocess.size, preprocess.mean, preprocess.std, scale=crop_scale, hflip=hflip, vflip=vflip)
-    val_set = ImageList.of(val, channels, view=preprocess.view())
+    view = train_view or RandomView(
+        preprocess.size, preprocess.mean, preprocess.std, scale=crop_scale, hflip=hflip, vflip=vflip
+    )
+    val_set = make_set(val, preprocess.view())
 
     def validate(m: Classifier) -> dict[str, float]:
         return validation_scores(val.labels, predict_images(m, val_set, cfg.batch_size, cfg.num_workers))
@@ -151,7 +167,7 @@ def finetune(
     weights = class_balance_weights(train.labels, n_classes) if balanced else None
     summary, best = fit_best(
         method,
-        ImageList.of(train, channels),
+        make_set(train, None),
         run_dir,
         cfg,
         validate,

@@ -18,12 +18,13 @@ from domainfm.commands.labeled import as_list
 from domainfm.data.transforms import Normalize
 from domainfm.errors import DataError
 from domainfm.evaluation.datasets import LabeledSet, check_groups, save_splits, with_splits
-from domainfm.evaluation.features import load_eval_backbone
+from domainfm.evaluation.features import Preprocess, load_eval_backbone
 from domainfm.evaluation.protocols import check_protocols
 from domainfm.remote_sensing.bands import SCL_CLASSES
 from domainfm.remote_sensing.datasets import ChipDataset
 from domainfm.remote_sensing.model import normalization_of
 from omegaconf import DictConfig
+from torch import nn
 from torch.utils.data import Dataset
 
 log = logging.getLogger("domainfm")
@@ -88,31 +89,42 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     protocols = check_protocols(as_list(cfg.protocol))
     write_config(cfg, out)
-    chips_dir = cfg.data.chips
-    data, rows = labeled_chips(
-        chips_dir, cfg.data.get("min_valid"), int(cfg.data.min_class), int(cfg.data.block_px), dict(cfg.split)
-    )
+    data, rows = labeled_chips_of(cfg)
     save_splits(data, out / "splits.csv")
     counts = {s: int((data.splits == s).sum()) for s in ("train", "val", "test")}
     log.info("%s: %d chips, classes %s, spatial splits %s", data.source, len(data), data.classes, counts)
 
     def open_data(source: str):
-        model, preprocess = load_eval_backbone(source, arch=cfg.get("arch"))
-        forced = cfg.data.get("normalization")
-        if forced:
-            log.warning("%s: chips normalised with %s, not the weights' own (data.normalization)", source, forced)
-        bands = (model.pretrained_cfg.get("domainfm") or {}).get("bands")
-        chips = ChipDataset(
-            chips_dir,
-            bands=bands,
-            labels=True,
-            min_valid=cfg.data.get("min_valid"),
-            normalization=forced or normalization_of(model, source),
-            out_size=preprocess.size[0],
-        )
-        if chips.in_chans != preprocess.in_chans:
-            raise DataError(f"{source} takes {preprocess.in_chans} channels; the chips give {chips.in_chans}")
+        model, preprocess, chips = open_chips(cfg, source)
         view = Normalize(preprocess.mean, preprocess.std)
         return model, preprocess, LabeledChips(chips, rows, data.labels, data.ids, view)
 
     return evaluate_backbones(cfg, out, protocols, data, open_data, what="chips")
+
+
+def open_chips(cfg: DictConfig, source: str) -> tuple[nn.Module, Preprocess, ChipDataset]:
+    """The backbone of ``source``, its preprocessing and ``cfg.data.chips`` read with the bands and the
+    normalisation its weights were trained with (``data.normalization`` forces another, with a warning)."""
+    model, preprocess = load_eval_backbone(source, arch=cfg.get("arch"))
+    forced = cfg.data.get("normalization")
+    if forced:
+        log.warning("%s: chips normalised with %s, not the weights' own (data.normalization)", source, forced)
+    bands = (model.pretrained_cfg.get("domainfm") or {}).get("bands")
+    chips = ChipDataset(
+        cfg.data.chips,
+        bands=bands,
+        labels=True,
+        min_valid=cfg.data.get("min_valid"),
+        normalization=forced or normalization_of(model, source),
+        out_size=preprocess.size[0],
+    )
+    if chips.in_chans != preprocess.in_chans:
+        raise DataError(f"{source} takes {preprocess.in_chans} channels; the chips give {chips.in_chans}")
+    return model, preprocess, chips
+
+
+def labeled_chips_of(cfg: DictConfig) -> tuple[LabeledSet, np.ndarray]:
+    """:func:`labeled_chips` with the command's ``data`` and ``split`` settings."""
+    return labeled_chips(
+        cfg.data.chips, cfg.data.get("min_valid"), int(cfg.data.min_class), int(cfg.data.block_px), dict(cfg.split)
+    )

@@ -133,3 +133,34 @@ def test_paper_scale_recipes_take_ssl4eo_and_dinov2_values(chips):
     view = instantiate(compose("pretrain", ["recipe=remote_sensing/mae_s2_tiny", f"data.root={chips}"]).data.transform)
     sample = view({"image": torch.randn(12, 16, 16), "meta": {}})
     assert sample["image"].shape == (12, 32, 32) and sample["mask"].shape == (16,)
+
+
+def test_finetune_on_chips_keeps_bands_normalisation_and_spatial_splits(mae_run, chips, tmp_path):
+    from domainfm.commands import finetune
+
+    run_dir = tmp_path / "ft"
+    overrides = [f"data.chips={chips}", f"backbone={mae_run}", f"run_dir={run_dir}", "data.block_px=128"]
+    overrides += ["trainer.max_steps=3", "trainer.eval_every=3", "trainer.checkpoint_every=3", "data.batch_size=8"]
+    overrides += ["data.num_workers=0", "trainer.progress=false", "trainer.tensorboard=false", "report.plots=false"]
+    overrides += ["metrics.bootstrap=50", "finetune.vflip=0.5"]
+    results = finetune.run(compose("finetune", overrides))
+    data, _ = labeled_chips(chips, min_class=10, block_px=128)
+    (result,) = results[mae_run.name]
+    assert result["protocol"] == "finetune" and result["n"] == (data.splits == "test").sum()
+    assert result["details"]["steps"] == 3 and 0.0 <= result["metrics"]["balanced_accuracy"] <= 1.0
+    summary = (run_dir / "summary.md").read_text()
+    assert f"data.chips={chips}" in summary and "chips, 2 classes" in summary
+    splits = (run_dir / "splits.csv").read_text().splitlines()
+    assert len(splits) == len(data) + 1  # the same spatial splits as `domainfm evaluate data.chips=`
+    # the finetuned export reads chips as the pretrained one did: same bands, same normalisation
+    before = json.loads((mae_run / "export" / "config.json").read_text())["domainfm"]
+    after = json.loads((run_dir / "export" / "config.json").read_text())["domainfm"]
+    assert after["bands"] == S2_BANDS and after["normalization"] == before["normalization"]
+    tuned, pretrained = SpectralBackbone.from_pretrained(str(run_dir)), SpectralBackbone.from_pretrained(str(mae_run))
+    x = torch.rand(2, 12, 32, 32) * 3000
+    assert tuned(x).shape == (2, 192) and not torch.allclose(tuned(x), pretrained(x))
+    # training views are multispectral: 12 bands in, crop + flips + 90-degree turns, no RGB jitter
+    from domainfm.remote_sensing.commands.finetune_chips import training_view
+
+    view = training_view(compose("finetune", overrides).finetune, 32, [0.0] * 12, [1.0] * 12)
+    assert view(torch.rand(12, 16, 16)).shape == (12, 32, 32) and view.rot90 and view.vflip == 0.5
