@@ -8,6 +8,7 @@ kNN (k=20) and logistic-regression probe, balanced accuracy with 95 % bootstrap 
 own normalisation (DN / 10000, recorded in the export) vs mismatched ones (per-band mean/std, 2-98 % stretch).
 
     .venv/bin/python benchmarks/rs_quality.py --steps 1000        # ~10 min on 2 CPU cores
+    .venv/bin/python benchmarks/rs_quality.py --steps 1000 --normalize meanstd --pooling mean
 
 Writes a markdown table to stdout and ``.bench/rs_quality/results.json``. The chips come from the same tile the
 labels do (SSL on the archive, labels unused): a transductive setting, as a user's archive would be.
@@ -39,7 +40,7 @@ def make_chips(out: Path) -> Path:
     return out
 
 
-def pretrain(chips: Path, run: Path, steps: int, bands: str | None) -> dict:
+def pretrain(chips: Path, run: Path, steps: int, bands: str | None, extra: tuple[str, ...] = ()) -> dict:
     from domainfm.cli import compose_config
     from domainfm.commands import pretrain as cmd
 
@@ -55,12 +56,15 @@ def pretrain(chips: Path, run: Path, steps: int, bands: str | None) -> dict:
     ]
     if bands:
         overrides.append(f"preprocess.bands={bands}")
+    overrides += list(extra)
     t0 = time.perf_counter()
     summary = cmd.run(compose_config("pretrain", overrides))
     return {"steps": summary["steps"], "seconds": time.perf_counter() - t0}
 
 
-def evaluate(chips: Path, backbones: list[Path], run_dir: Path, normalization: str | None = None) -> dict:
+def evaluate(
+    chips: Path, backbones: list[Path], run_dir: Path, normalization: str | None = None, pooling: str = "cls"
+) -> dict:
     from domainfm.cli import compose_config
     from domainfm.commands import evaluate as cmd
 
@@ -73,6 +77,7 @@ def evaluate(chips: Path, backbones: list[Path], run_dir: Path, normalization: s
         "data.block_px=128",
         "progress=false",
         "report.plots=false",
+        f"pooling={pooling}",
     ]
     if normalization:
         overrides.append(f"data.normalization={normalization}")
@@ -108,24 +113,35 @@ def row(name: str, results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument(
+        "--normalize", default=None, help="preprocess.normalize for pretraining (default: the recipe's)"
+    )
+    parser.add_argument("--pooling", default="cls", choices=["cls", "mean", "both"], help="features for kNN / probe")
     args = parser.parse_args()
+    extra = (f"preprocess.normalize={args.normalize}",) if args.normalize else ()
     from domainfm.commands.demo import random_init_export
 
     OUT.mkdir(parents=True, exist_ok=True)
     chips = make_chips(OUT / "chips")
     timing = {}
     for name, bands in (("mae_s2", None), ("mae_rgb", RGB)):
-        timing[name] = pretrain(chips, OUT / name, args.steps, bands)
+        timing[name] = pretrain(chips, OUT / name, args.steps, bands, extra)
         print(f"{name}: {timing[name]}", flush=True)
     random_init_export(OUT / "mae_s2", OUT / "random_s2" / "export")
     random_init_export(OUT / "mae_rgb", OUT / "random_rgb" / "export")
     main_results = evaluate(
-        chips, [OUT / "mae_s2", OUT / "random_s2", OUT / "mae_rgb", OUT / "random_rgb"], OUT / "eval"
+        chips,
+        [OUT / "mae_s2", OUT / "random_s2", OUT / "mae_rgb", OUT / "random_rgb"],
+        OUT / "eval",
+        pooling=args.pooling,
     )
     main_results.update(raw_band_means(chips, OUT / "eval_raw"))
-    norm = {"own (scale)": main_results["mae_s2"]}
-    for convention in ("meanstd", "percentile"):
-        norm[convention] = evaluate(chips, [OUT / "mae_s2"], OUT / f"eval_{convention}", convention)["mae_s2"]
+    own = args.normalize or "scale"
+    norm = {f"own ({own})": main_results["mae_s2"]}
+    for convention in [c for c in ("scale", "meanstd", "percentile") if c != own]:
+        norm[convention] = evaluate(chips, [OUT / "mae_s2"], OUT / f"eval_{convention}", convention, args.pooling)[
+            "mae_s2"
+        ]
     print(f"\n{args.steps} steps, batch 64, ViT-Ti/8 at 32 px; balanced accuracy [95 % CI] on the test chips\n")
     print("| backbone | kNN (k=20) | logistic probe |\n|---|---|---|")
     labels = {"mae_s2": "mae_s2_tiny, 12 bands", "random_s2": "random init, 12 bands", "mae_rgb": "mae_s2_tiny, RGB",
