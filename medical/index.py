@@ -7,6 +7,7 @@ Layout of ``out``::
                           status (ok | warning | failed), reason, volume (cache file, relative)
     series/<id>.json      the row and the series' files (relative to data.root) with frame numbers: resume + read
     volumes/<id>.nii.gz   the cache (``index.cache=true``): RAS, ``index.spacing`` voxels, float32 / int16
+                          (``index.format=nii``: uncompressed, read lazily slice by slice)
     summary.json          counts per status, skipped objects per kind, unreadable files (relative paths)
 
 Series ids are :func:`~domainfm.medical.dicom.series_id` (a hash of SeriesInstanceUID; for NIfTI / NRRD, of the
@@ -46,6 +47,7 @@ class IndexParams:
     spacing: list[float] | None = None  # cache voxel size (mm); None: as acquired
     resample: bool = False  # gaps / irregular spacing / tilt -> regular orthogonal grid (else: warned, read as is)
     frame: int | None = None  # 4D NIfTI: the frame to take (None: such files fail with the reason)
+    format: str = "nii.gz"  # cache files: nii.gz (small) | nii (uncompressed: slices and patches read lazily)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,8 +136,8 @@ def _assemble(job: dict, out_dir: str, params: dict) -> dict:
         row["shape"], row["spacing"] = _fmt(volume.shape), _fmt([round(s, 4) for s in volume.spacing])
         row["orientation"] = volume.orientation
         if p.cache:
-            row["volume"] = f"volumes/{job['id']}.nii.gz"
-            write_nifti(volume, out / row["volume"])
+            row["volume"] = f"volumes/{job['id']}.{p.format}"
+            write_nifti(volume, out / row["volume"], compress=p.format == "nii.gz")
     except (DataError, OSError, ValueError, RuntimeError, MemoryError, AttributeError, KeyError) as err:
         message = str(err) if isinstance(err, DataError) else f"{type(err).__name__}: {err}"
         message = message.removeprefix(f"{job['id']}: ")  # the row names the series
@@ -147,7 +149,7 @@ def _assemble(job: dict, out_dir: str, params: dict) -> dict:
     return row
 
 
-def write_nifti(volume, path: Path) -> None:
+def write_nifti(volume, path: Path, compress: bool = True) -> None:
     """Voxels + affine only (empty description, no extensions): nothing but geometry leaves the dump."""
     import nibabel as nib
 
@@ -156,7 +158,8 @@ def write_nifti(volume, path: Path) -> None:
     buffer = io.BytesIO()
     file_map = nib.Nifti1Image.make_file_map({"image": buffer})
     img.to_file_map(file_map)
-    atomic_write_bytes(gzip.compress(buffer.getvalue(), compresslevel=1), path)
+    data = buffer.getvalue()
+    atomic_write_bytes(gzip.compress(data, compresslevel=1) if compress else data, path)
 
 
 def index_archive(

@@ -18,6 +18,8 @@ def run(cfg: DictConfig) -> dict:
     params = IndexParams(**OmegaConf.to_container(cfg.index, resolve=True))
     if params.spacing is not None and (len(params.spacing) != 3 or min(params.spacing) <= 0):
         raise ConfigError(f"index.spacing={params.spacing}: three voxel sizes in mm, e.g. index.spacing=[1,1,1]")
+    if params.format not in ("nii", "nii.gz"):
+        raise ConfigError(f"index.format={params.format!r}; choose nii.gz (compressed) or nii (read lazily)")
     summary = index_archive(
         cfg.data.root, job_output(cfg.out), params, workers=cfg.workers, progress=cfg.progress, overwrite=cfg.overwrite
     )

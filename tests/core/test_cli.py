@@ -13,9 +13,11 @@ def test_recipes_are_grouped_by_domain_with_descriptions(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "core" and "pathology" in lines
-    core = lines[: lines.index("pathology")]
+    core = lines[: lines.index("medical")]
     line = next(ln for ln in core if ln.strip().startswith("core/mae_vit_tiny"))
     assert line.startswith("  ") and "MAE (He et al. 2022)" in line
+    medical = lines[lines.index("medical") + 1 : lines.index("pathology")]
+    assert medical and all(ln.strip().startswith("medical/") for ln in medical if ln.strip())
     pathology = lines[lines.index("pathology") + 1 : lines.index("remote_sensing")]
     assert pathology and all(ln.strip().startswith("pathology/") for ln in pathology if ln.strip())
     assert all(
