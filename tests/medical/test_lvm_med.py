@@ -1,0 +1,132 @@
+"""LVM-Med's pieces against independent computations: the QAP solver against brute force (known optima and the
+optimality gap), IMLE's gradient against its definition, the affinities against explicit loops, and the method
+on real PneumoniaMNIST images (the loss falls)."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from domainfm.medical.graph_matching import brute_force_qap, edge_lookup, qap_score, solve_qap
+from domainfm.medical.lvm_med import (
+    GraphMatchIMLE,
+    edge_activation,
+    edge_affinity,
+    hamming_to_identity,
+    knn_edges,
+    local_affinity,
+    vertex_affinity,
+)
+
+from tests.conftest import pretrain_in_process
+
+
+def ring(n):
+    """Directed ring edges i -> i+1 and i -> i-1."""
+    src = np.repeat(np.arange(n), 2)
+    dst = np.stack([(np.arange(n) + 1) % n, (np.arange(n) - 1) % n], 1).reshape(-1)
+    return np.stack([src, dst])
+
+
+def test_solver_finds_known_optima():
+    n = 6
+    perm = np.array([2, 0, 5, 1, 3, 4])
+    c_v = np.full((n, n), -0.2)
+    c_v[np.arange(n), perm] = 1.0  # vertex costs alone point at perm
+    edges = ring(n)
+    assert np.array_equal(solve_qap(c_v, np.zeros((12, 12)), edges, edges), perm)
+    # the edge term overrides a weak vertex preference: rings map onto rings (any rotation is consistent)
+    c_v = np.eye(n) * 0.1 + np.roll(np.eye(n), 2, axis=1) * 0.2  # rotation by 2 slightly preferred
+    c_e = np.ones((12, 12))
+    best, score = brute_force_qap(c_v, c_e, edges, edges)
+    found = solve_qap(c_v, c_e, edges, edges)
+    assert np.array_equal(found, (np.arange(n) + 2) % n) and np.array_equal(found, best)
+    assert qap_score(found, c_v, c_e, edges, edge_lookup(edges, n)) == pytest.approx(score)
+
+
+def test_solver_optimality_gap_against_brute_force():
+    """100 random instances, n = 4..7, 3-NN graphs, uniform(-1, 1) affinities (harder than training's, where the
+    identity dominates), with the method's 8 restarts: a permutation every time; optimal on at least 90 % of them,
+    mean relative gap below 0.5 % (measured on these instances: 92 %, 0.26 %)."""
+    rng = np.random.default_rng(0)
+    gen = torch.Generator().manual_seed(0)
+    gaps = []
+    for n in range(4, 8):
+        for _ in range(25):
+            e_s = knn_edges(torch.randn(n, 8, generator=gen), 3).numpy()
+            e_t = knn_edges(torch.randn(n, 8, generator=gen), 3).numpy()
+            c_v, c_e = rng.uniform(-1, 1, (n, n)), rng.uniform(-1, 1, (e_s.shape[1], e_t.shape[1]))
+            perm = solve_qap(c_v, c_e, e_s, e_t, restarts=8)
+            assert sorted(perm.tolist()) == list(range(n))
+            _, best = brute_force_qap(c_v, c_e, e_s, e_t)
+            gaps.append((best - qap_score(perm, c_v, c_e, e_s, edge_lookup(e_t, n))) / abs(best))
+    gaps = np.asarray(gaps)
+    assert (gaps >= -1e-9).all() and (gaps < 1e-9).mean() >= 0.9 and gaps.mean() < 0.005
+
+
+def test_imle_gradient_is_its_definition():
+    """dL/dc_v = (v - v') / lambda with v = GM(c_v + eps), v' = GM(c_v + eps - lambda dL/dv): here n = 5, where the
+    solver is exact (checked by brute force), L = Hamming(v, I) / n, so dL/dv = (1 - 2 I) / n."""
+    torch.manual_seed(0)
+    n, lam = 5, 80.0
+    edges = torch.as_tensor(ring(n))
+    c_v = torch.randn(n, n, requires_grad=True)
+    c_e = torch.randn(edges.shape[1], edges.shape[1], requires_grad=True)
+    noise = torch.randn(n, n)
+    v = GraphMatchIMLE.apply(c_v, c_e, edges, edges, noise, lam)
+    (hamming_to_identity(v) / n).backward()
+    e = edges.numpy()
+    theta = (c_v + noise).detach().double().numpy()
+    v_ref, _ = brute_force_qap(theta, c_e.detach().double().numpy(), e, e)
+    dl_dv = (1 - 2 * np.eye(n)) / n
+    v_tgt, _ = brute_force_qap(theta - lam * dl_dv, c_e.detach().double().numpy(), e, e)
+    one_hot = lambda p: np.eye(n)[p]  # noqa: E731
+    assert np.array_equal(v.detach().numpy(), one_hot(v_ref))
+    np.testing.assert_allclose(c_v.grad.numpy(), (one_hot(v_ref) - one_hot(v_tgt)) / lam, atol=1e-7)
+    y = lambda m: np.array([[m[i, a] * m[j, b] for a, b in e.T] for i, j in e.T])  # noqa: E731
+    np.testing.assert_allclose(c_e.grad.numpy(), (y(one_hot(v_ref)) - y(one_hot(v_tgt))) / lam, atol=1e-7)
+    assert np.array_equal(one_hot(v_tgt), np.eye(n))  # lambda = 80 pulls the target to the identity
+
+
+def test_affinities_and_edges_against_loops():
+    torch.manual_seed(1)
+    n, p, d = 4, 3, 6
+    z_s, z_t = torch.randn(n, d), torch.randn(n, d)
+    h_s, h_t = torch.randn(n, d), torch.randn(n, d)
+    f_s, f_t = torch.randn(n, p, d), torch.randn(n, p, d)
+    cos = lambda a, b: float(F.cosine_similarity(a, b, dim=0))  # noqa: E731
+    lo = np.array([[np.mean([max(cos(f_s[i, q], f_t[a, r]) for r in range(p)) for q in range(p)]) for a in range(n)]
+                   for i in range(n)])  # fmt: skip
+    np.testing.assert_allclose(local_affinity(f_s, f_t).numpy(), lo, atol=1e-6)
+    lo_ts = np.array([[np.mean([max(cos(f_t[a, r], f_s[i, q]) for q in range(p)) for r in range(p)])
+                       for i in range(n)] for a in range(n)])  # fmt: skip
+    glo = np.array([[cos(h_s[i], h_t[a]) for a in range(n)] for i in range(n)])
+    np.testing.assert_allclose(vertex_affinity(h_s, h_t, f_s, f_t, 0.8).numpy(), 0.8 * glo + 0.2 * (lo + lo_ts.T),
+                               atol=1e-6)  # fmt: skip
+    e_s, e_t = knn_edges(z_s, 2), knn_edges(z_t, 2)
+    for i in range(n):  # each node points at its 2 most similar other nodes
+        sims = [(cos(z_s[i], z_s[j]), j) for j in range(n) if j != i]
+        assert set(e_s[1][e_s[0] == i].tolist()) == {j for _, j in sorted(sims)[-2:]}
+    ce = np.array([[cos(z_s[i] - z_s[j], z_t[a] - z_t[b]) for a, b in e_t.T.tolist()] for i, j in e_s.T.tolist()])
+    np.testing.assert_allclose(edge_affinity(z_s, z_t, e_s, e_t).numpy(), ce, atol=1e-6)
+    v = torch.eye(n)[torch.randperm(n)]
+    y = edge_activation(v, e_s, e_t)
+    for (r, (i, j)), (c, (a, b)) in itertools.product(enumerate(e_s.T.tolist()), enumerate(e_t.T.tolist())):
+        assert y[r, c] == v[i, a] * v[j, b]
+
+
+def test_lvm_med_tiny_learns_to_match_views_on_pneumoniamnist(shared_data, tmp_path):
+    npz = shared_data / "medical" / "pneumoniamnist.npz"
+    run = tmp_path / "lvm"
+    out = pretrain_in_process([
+        "recipe=medical/lvm_med_tiny", f"data.root={npz}", "data.dataset._target_=domainfm.data.arrays.NpzImages",
+        f"run_dir={run}", "trainer.max_steps=100", "data.batch_size=32", "+backbone.depth=1", "method.proj_hidden=128",
+        "data.num_workers=0", "trainer.progress=false", "trainer.tensorboard=false", "trainer.log_every=10",
+        "trainer.checkpoint_every=1000",
+    ])  # fmt: skip
+    assert out["steps"] == 100
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05
