@@ -85,12 +85,15 @@ def cli(args: list[str], log: Path) -> None:
         sys.exit(f"{' '.join(args[:2])} failed:\n" + "\n".join(log.read_text().splitlines()[-20:]))
 
 
-def pretrain(images: Path, run: Path, steps: int, mean: float, std: float) -> Path:
+def pretrain(
+    images: Path, run: Path, steps: int, mean: float, std: float, recipe: str = "core/mae_vit_tiny", extra=()
+) -> Path:
+    """``recipe`` on ``images`` as a ViT-Tiny/16 at 64 px, 1 channel, batch 64 (skipped when exported already)."""
     if not (run / "export" / "config.json").exists():
         cli(
             [
                 "pretrain",
-                "recipe=core/mae_vit_tiny",
+                f"recipe={recipe}",
                 f"data.root={images}",
                 f"run_dir={run}",
                 "preprocess.in_chans=1",
@@ -102,8 +105,9 @@ def pretrain(images: Path, run: Path, steps: int, mean: float, std: float) -> Pa
                 f"trainer.max_steps={steps}",
                 f"trainer.checkpoint_every={steps}",
                 "trainer.progress=false",
+                *extra,
             ],
-            run.parent / "pretrain.log",
+            run.parent / f"pretrain_{run.name}.log",
         )
     return run / "export"
 
