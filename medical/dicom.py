@@ -266,29 +266,38 @@ def series_geometry(slices: list[Slice], name: str = "series") -> Geometry:
 
 
 def read_pixels(slices: Iterable[Slice]) -> np.ndarray:
-    """The rescaled pixels of ``slices`` as ``(cols, rows, n)`` (``(j, i, k)``), float32 unless every slice is
-    an integer rescale that fits int16 / int32."""
+    """The rescaled pixels of ``slices`` as ``(cols, rows, n)`` (``(j, i, k)``): int16 / int32 when every slice's
+    rescale is integer and the values fit, else float32. Stored planes are decoded once and rescaled one by one
+    into the output (no float64 copy of the volume)."""
     import pydicom
 
     planes, cache = [], {}
     slices = list(slices)
     for s in slices:
+        if s.samples > 1:
+            raise DataError(f"series {s.series}: colour ({s.samples} samples per pixel) slices are not volumes")
         if s.path not in cache:
             cache = {s.path: pydicom.dcmread(s.path).pixel_array}  # one file open at a time
         pixels = cache[s.path]
-        plane = pixels[s.frame] if s.frame >= 0 and pixels.ndim >= 3 and s.samples == 1 else pixels
-        if s.samples > 1:
-            raise DataError(f"series {s.series}: colour ({s.samples} samples per pixel) slices are not volumes")
+        plane = pixels[s.frame] if s.frame >= 0 and pixels.ndim >= 3 else pixels
         if s.photometric == "MONOCHROME1":  # 0 = white: invert the stored values first, as GDCM / SimpleITK do
             plane = -plane.astype(np.int64) - 1 if s.signed else (1 << s.bits_stored) - 1 - plane.astype(np.int64)
-        planes.append((plane, s.slope, s.intercept))
-    integer = all(float(sl).is_integer() and float(ic).is_integer() for _, sl, ic in planes)
-    values = [p.astype(np.float64) * sl + ic for p, sl, ic in planes]
-    lo, hi = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
+        planes.append(plane)
+    integer = all(float(s.slope).is_integer() and float(s.intercept).is_integer() for s in slices)
     dtype = np.float32
     if integer:
-        dtype = np.int16 if lo >= -32768 and hi <= 32767 else np.int32
-    return np.stack([v.T.astype(dtype) for v in values], axis=-1)
+        ends = [v * s.slope + s.intercept for p, s in zip(planes, slices) for v in (float(p.min()), float(p.max()))]
+        dtype = np.int16 if min(ends) >= -32768 and max(ends) <= 32767 else np.int32
+    rows, cols = planes[0].shape[:2]
+    out = np.empty((cols, rows, len(planes)), dtype)
+    for k, (plane, s) in enumerate(zip(planes, slices)):
+        if integer:
+            out[:, :, k] = (
+                plane.astype(np.int64 if dtype == np.int32 else np.int32) * int(s.slope) + int(s.intercept)
+            ).T
+        else:
+            out[:, :, k] = (plane.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)).T
+    return out
 
 
 def read_series(slices: list[Slice], name: str | None = None, resample: bool = False) -> tuple[Volume, Geometry]:
