@@ -42,6 +42,15 @@ log = logging.getLogger("domainfm")
 NON_IMAGE_MODALITIES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "PR", "KO", "REG", "DOC", "RWV", "FID", "PLAN"}
 DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory (DICOMDIR)
 
+# The only elements read from a header (faster on real files with hundreds of elements, and no identifier is ever
+# loaded into memory: PatientName, PatientID, dates, accession numbers are not among them).
+HEADER_TAGS = [
+    "SOPClassUID", "Modality", "SeriesInstanceUID", "BodyPartExamined", "Rows", "Columns", "InstanceNumber",
+    "SamplesPerPixel", "PhotometricInterpretation", "BitsStored", "PixelRepresentation", "NumberOfFrames",
+    "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence", "PixelSpacing", "ImagerPixelSpacing",
+    "ImagePositionPatient", "ImageOrientationPatient", "RescaleSlope", "RescaleIntercept", "DirectoryRecordSequence",
+]  # fmt: skip
+
 TILT_DEGREES = 0.05
 IRREGULAR_FRACTION = 0.01
 MISSING_FACTOR = 1.5
@@ -126,7 +135,7 @@ def read_slices(path: str | Path) -> list[Slice] | Skipped:
 
     path = str(path)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
     except InvalidDicomError:
         return Skipped(path, "not DICOM", "no DICOM preamble / header")
     except (OSError, ValueError, EOFError, AttributeError, KeyError, TypeError) as err:
@@ -269,7 +278,7 @@ def read_pixels(slices: Iterable[Slice]) -> np.ndarray:
     """The rescaled pixels of ``slices`` as ``(cols, rows, n)`` (``(j, i, k)``): int16 / int32 when every slice's
     rescale is integer and the values fit, else float32. Stored planes are decoded once and rescaled one by one
     into the output (no float64 copy of the volume)."""
-    import pydicom
+    from pydicom.pixels import pixel_array
 
     planes, cache = [], {}
     slices = list(slices)
@@ -277,7 +286,7 @@ def read_pixels(slices: Iterable[Slice]) -> np.ndarray:
         if s.samples > 1:
             raise DataError(f"series {s.series}: colour ({s.samples} samples per pixel) slices are not volumes")
         if s.path not in cache:
-            cache = {s.path: pydicom.dcmread(s.path).pixel_array}  # one file open at a time
+            cache = {s.path: pixel_array(s.path)}  # one file at a time; reads only the pixel module
         pixels = cache[s.path]
         plane = pixels[s.frame] if s.frame >= 0 and pixels.ndim >= 3 else pixels
         if s.photometric == "MONOCHROME1":  # 0 = white: invert the stored values first, as GDCM / SimpleITK do
@@ -289,7 +298,7 @@ def read_pixels(slices: Iterable[Slice]) -> np.ndarray:
         ends = [v * s.slope + s.intercept for p, s in zip(planes, slices) for v in (float(p.min()), float(p.max()))]
         dtype = np.int16 if min(ends) >= -32768 and max(ends) <= 32767 else np.int32
     rows, cols = planes[0].shape[:2]
-    out = np.empty((cols, rows, len(planes)), dtype)
+    out = np.empty((cols, rows, len(planes)), dtype, order="F")  # a plane's transpose is one contiguous block
     for k, (plane, s) in enumerate(zip(planes, slices)):
         if integer:
             out[:, :, k] = (

@@ -68,7 +68,7 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
         return array, affine
     out = ornt.apply_orientation(array, transform)
     new_affine = affine @ ornt.inv_ornt_aff(transform, array.shape[:3])
-    return np.ascontiguousarray(out), new_affine
+    return out.copy(order="K"), new_affine  # positive strides, the source's memory order kept (fast copy)
 
 
 def ras_affine_from_lps(direction: np.ndarray, spacing, origin) -> np.ndarray:
