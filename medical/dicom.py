@@ -213,7 +213,8 @@ def dicomdir_files(path: str | Path) -> list[Path]:
         fs = FileSet(str(path))
     except Exception as err:  # pydicom raises ValueError / AttributeError / KeyError on broken records
         raise DataError(f"{path}: not a readable DICOMDIR ({type(err).__name__}: {err})") from err
-    return [Path(instance.path) for instance in fs]
+    folder = Path(path).parent  # as given (FileSet resolves symlinks; outputs name files relative to this)
+    return [folder / Path(instance.path).relative_to(Path(path).resolve().parent) for instance in fs]
 
 
 def series_geometry(slices: list[Slice], name: str = "series") -> Geometry:

@@ -68,6 +68,10 @@ def test_dicomdir_input_lists_the_same_series_as_the_folder(shared_data, tmp_pat
     by_walk = index_archive(tiny, tmp_path / "b", workers=1, progress=False)
     assert {r["id"] for r in by_dir.rows} == {r["id"] for r in by_walk.rows} and len(by_dir.rows) == 13
     assert by_dir.skipped == {} and by_walk.skipped["DICOMDIR"] == 7  # the DICOMDIR variants of the folder
+    (tmp_path / "link").symlink_to(tiny, target_is_directory=True)  # a dump behind a symlink: paths as given
+    linked = index_archive(tmp_path / "link" / "DICOMDIR", tmp_path / "c", workers=1, progress=False)
+    record = json.loads(next((tmp_path / "c" / "series").iterdir()).read_text())
+    assert len(linked.rows) == 13 and not any(f.startswith("/") for f in record["files"])
 
 
 def test_no_patient_identifier_in_anything_the_run_writes_or_prints(tmp_path, capfd, caplog):
