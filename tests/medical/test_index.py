@@ -119,3 +119,24 @@ def test_index_command_errors_name_the_key(tmp_path):
         index.run(compose("index", [f"out={tmp_path}"]))
     with pytest.raises(ConfigError, match=r"index.spacing=\[1, 1\]: three voxel sizes"):
         index.run(compose("index", [f"data.root={tmp_path}", f"out={tmp_path}", "index.spacing=[1,1]"]))
+
+
+def test_pretraining_on_an_index_writes_no_identifier(tmp_path):
+    """A synthetic CT series carrying every identifier of dicom_factory.PHI -> index with cache -> one step of
+    `medical/dinov2_slices_tiny` on it: config, logs, metrics, checkpoint and export hold none of them."""
+    from tests.conftest import pretrain_in_process
+
+    data = np.random.default_rng(1).integers(0, 1500, (6, 16, 16)).astype(np.int16)
+    positions = np.stack([np.zeros(6), np.zeros(6), 2.0 * np.arange(6)], 1)
+    uid = write_series(tmp_path / "dump" / "ct", data, positions)
+    index_archive(tmp_path / "dump", tmp_path / "index", IndexParams(cache=True), workers=1, progress=False)
+    run = tmp_path / "run"
+    pretrain_in_process([
+        "recipe=medical/dinov2_slices_tiny", f"data.root={tmp_path / 'index'}", f"run_dir={run}", "trainer.max_steps=1",
+        "data.batch_size=4", "data.num_workers=0", "trainer.progress=false", "+backbone.depth=1", "method.out_dim=64",
+        "method.hidden_dim=32", "trainer.checkpoint_every=1",
+    ])  # fmt: skip
+    written = [path.read_bytes() for path in run.rglob("*") if path.is_file()]
+    assert any((run / "export").iterdir()) and any((run / "checkpoints").iterdir())
+    for value in [*PHI.values(), uid]:
+        assert not any(value.encode() in raw for raw in written), value
