@@ -140,6 +140,52 @@ def cell(row: dict, metric: str) -> str:
     return "-" if value is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def label_fraction_runs(
+    work: Path, backbones: str, csv_path: Path, tag: str, fraction: float, n_train: int, finetune_steps: int,
+    bootstrap: int = 1000, grid: bool = False,
+) -> list[dict]:  # fmt: skip
+    """``domainfm evaluate`` (kNN, logistic probe on mean-pooled features) and ``domainfm finetune`` of
+    ``backbones`` on one label fraction; the table rows of both."""
+    data = [f"data.csv={csv_path}", f"data.root={work / 'images'}", f"metrics.bootstrap={bootstrap}",
+            "report.embedding=pca"]  # fmt: skip
+    cli(
+        [
+            "evaluate",
+            backbones,
+            *data,
+            f"run_dir={work / ('evaluate_' + tag)}",
+            "protocol=[knn,linear]",
+            "pooling=mean",
+            f"linear.grid={str(grid).lower()}",
+            "progress=false",
+        ],
+        work / f"evaluate_{tag}.log",
+    )
+    eval_every = max(10, finetune_steps // 10)
+    cli(
+        [
+            "finetune",
+            backbones,
+            *data,
+            f"run_dir={work / ('finetune_' + tag)}",
+            "data.batch_size=32",
+            f"trainer.max_steps={finetune_steps}",
+            f"trainer.eval_every={eval_every}",
+            f"trainer.checkpoint_every={finetune_steps}",
+            "trainer.patience=4",
+            "trainer.lr=1e-3",
+            "finetune.balanced=true",
+            "finetune.pooling=mean",
+            "trainer.progress=false",
+            "trainer.tensorboard=false",
+        ],
+        work / f"finetune_{tag}.log",
+    )
+    return rows_of(work / f"evaluate_{tag}" / "results.json", fraction, n_train) + rows_of(
+        work / f"finetune_{tag}" / "results.json", fraction, n_train
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", type=Path, help="SSL run or export folder (default: pretrain one)")
@@ -172,47 +218,8 @@ def main() -> None:
         tag = f"{fraction:g}"
         csv_path, n_train = subset(table, fraction, work / f"labels_{tag}.csv")
         print(f"{fraction:.0%} of the training labels: {n_train} images", flush=True)
-        data = [
-            f"data.csv={csv_path}",
-            f"data.root={work / 'images'}",
-            f"metrics.bootstrap={args.bootstrap}",
-            "report.embedding=pca",
-        ]
-        cli(
-            [
-                "evaluate",
-                backbones,
-                *data,
-                f"run_dir={work / ('evaluate_' + tag)}",
-                "protocol=[knn,linear]",
-                "pooling=mean",
-                f"linear.grid={str(args.grid).lower()}",
-                "progress=false",
-            ],
-            work / f"evaluate_{tag}.log",
-        )
-        eval_every = max(10, args.finetune_steps // 10)
-        cli(
-            [
-                "finetune",
-                backbones,
-                *data,
-                f"run_dir={work / ('finetune_' + tag)}",
-                "data.batch_size=32",
-                f"trainer.max_steps={args.finetune_steps}",
-                f"trainer.eval_every={eval_every}",
-                f"trainer.checkpoint_every={args.finetune_steps}",
-                "trainer.patience=4",
-                "trainer.lr=1e-3",
-                "finetune.balanced=true",
-                "finetune.pooling=mean",
-                "trainer.progress=false",
-                "trainer.tensorboard=false",
-            ],
-            work / f"finetune_{tag}.log",
-        )
-        rows += rows_of(work / f"evaluate_{tag}" / "results.json", fraction, n_train)
-        rows += rows_of(work / f"finetune_{tag}" / "results.json", fraction, n_train)
+        rows += label_fraction_runs(work, backbones, csv_path, tag, fraction, n_train, args.finetune_steps,
+                                    args.bootstrap, args.grid)  # fmt: skip
     rows.sort(key=lambda r: (r["protocol"], r["init"] == "random", r["fraction"]))
     lines = [
         "| protocol | init | labels | train images | bal. acc [95% CI] | AUROC [95% CI] |",

@@ -44,17 +44,7 @@ def main() -> None:
     for fraction in args.fractions:
         tag = f"{fraction:g}"
         csv_path, n_train = le.subset(table, fraction, work / f"labels_{tag}.csv")
-        data = [f"data.csv={csv_path}", f"data.root={work / 'images'}", "report.embedding=pca"]
-        le.cli(["evaluate", backbones, *data, f"run_dir={work / ('evaluate_' + tag)}", "protocol=[knn,linear]",
-                "pooling=mean", "linear.grid=false", "progress=false"], work / f"evaluate_{tag}.log")  # fmt: skip
-        every = max(10, args.finetune_steps // 10)
-        le.cli(["finetune", backbones, *data, f"run_dir={work / ('finetune_' + tag)}", "data.batch_size=32",
-                f"trainer.max_steps={args.finetune_steps}", f"trainer.eval_every={every}",
-                f"trainer.checkpoint_every={args.finetune_steps}", "trainer.patience=4", "trainer.lr=1e-3",
-                "finetune.balanced=true", "finetune.pooling=mean", "trainer.progress=false",
-                "trainer.tensorboard=false"], work / f"finetune_{tag}.log")  # fmt: skip
-        rows += le.rows_of(work / f"evaluate_{tag}" / "results.json", fraction, n_train)
-        rows += le.rows_of(work / f"finetune_{tag}" / "results.json", fraction, n_train)
+        rows += le.label_fraction_runs(work, backbones, csv_path, tag, fraction, n_train, args.finetune_steps)
     order = {"lvm_med": 0, "simclr": 1, "random": 2}
     rows.sort(key=lambda r: (r["protocol"], r["fraction"], order.get(r["init"], 3)))
     lines = ["| protocol | labels | init | bal. acc [95% CI] | AUROC [95% CI] |", "|---|---|---|---|---|"]

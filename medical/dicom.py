@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +202,7 @@ def read_slices(path: str | Path) -> list[Slice] | Skipped:
     )
     if frames == 1:
         return [base]
-    return [Slice(**{**base.__dict__, "frame": f}) for f in range(frames)]  # plain multi-frame: no positions
+    return [replace(base, frame=f) for f in range(frames)]  # plain multi-frame: no per-frame positions
 
 
 def dicomdir_files(path: str | Path) -> list[Path]:

@@ -116,20 +116,19 @@ def _assemble(job: dict, out_dir: str, params: dict) -> dict:
            "reason": "", "volume": ""}  # fmt: skip
     try:
         if job["kind"] == "dicom":
-            geometry = series_geometry(job["slices"], job["id"])
-            if geometry.warnings:
-                row["status"], row["reason"] = "warning", "; ".join(geometry.warnings)
             if p.cache:
-                volume, _ = read_series(job["slices"], job["id"], resample=p.resample)
-                if p.resample and geometry.warnings:
-                    row["reason"] += " (resampled to a regular grid)"
+                volume, geometry = read_series(job["slices"], job["id"], resample=p.resample)
             else:  # the manifest only: geometry from the headers, no pixels decoded
+                geometry = series_geometry(job["slices"], job["id"])
                 first = geometry.slices[0]
                 shape = (first.cols, first.rows, len(geometry.slices))
                 volume = Volume(np.broadcast_to(np.zeros((), np.int8), shape), geometry.affine).canonical()
+            if geometry.warnings:
+                resampled = " (resampled to a regular grid)" if p.cache and p.resample else ""
+                row["status"], row["reason"] = "warning", "; ".join(geometry.warnings) + resampled
         else:
             volume = read_volume(job["path"], frame=p.frame)
-        if p.spacing:
+        if p.spacing and p.cache:  # the cache's voxel size (no voxels to resample without a cache)
             from domainfm.medical.resample import resample_to_spacing
 
             volume = resample_to_spacing(volume, p.spacing)
