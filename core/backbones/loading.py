@@ -27,13 +27,16 @@ import torch
 from domainfm.errors import ConfigError
 from timm.models.vision_transformer import VisionTransformer
 
+VIT3D_ARCHITECTURE = "domainfm_vit3d"  # the export's name of VisionTransformer3D (domainfm.engine.export)
+
 log = logging.getLogger(__name__)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _PREFIXES = ("module.", "backbone.", "encoder.vit.", "student.backbone.", "teacher.backbone.", "model.")
 
 
 def adapt_channels(weight: torch.Tensor, in_chans: int, mode: str = "mean") -> torch.Tensor:
-    """Adapt patch-embedding filters ``(O, C, kh, kw)`` from ``C`` to ``in_chans`` input channels.
+    """Adapt patch-embedding filters ``(O, C, kh, kw)`` (or 3D ``(O, C, kd, kh, kw)``) from ``C`` to ``in_chans``
+    input channels.
 
     - ``in_chans == 1``: ``mode="mean"`` averages the input filters (default); ``mode="sum"`` sums them (timm's
       convention: the response to a grey image equals the response to that image replicated on ``I`` channels).
@@ -52,7 +55,7 @@ def adapt_channels(weight: torch.Tensor, in_chans: int, mode: str = "mean") -> t
         out = w.mean(1, keepdim=True) if mode == "mean" else w.sum(1, keepdim=True)
     else:
         reps = -(-in_chans // src)
-        out = w.repeat(1, reps, 1, 1)[:, :in_chans] * (src / in_chans)
+        out = w.repeat(1, reps, *[1] * (w.ndim - 2))[:, :in_chans] * (src / in_chans)
     return out.to(weight.dtype)
 
 
@@ -239,6 +242,8 @@ def load_backbone(
     import timm
 
     architecture, saved_args, pretrained_cfg, state = _resolve(str(source), arch)
+    if architecture == VIT3D_ARCHITECTURE:
+        return _load_vit3d(source, saved_args, pretrained_cfg, state, in_chans, img_size, channel_mode, model_args)
     args = {**saved_args, **model_args, "num_classes": 0, "dynamic_img_size": dynamic_img_size}
     if img_size is not None:
         args["img_size"] = img_size
@@ -283,6 +288,31 @@ def load_backbone(
         values = list(cfg.get(key) or [])
         if values and len(values) != chans:
             cfg[key] = [float(sum(values) / len(values))] * chans
+    model.pretrained_cfg = cfg
+    model.domainfm_weights = str(source)
+    return model
+
+
+def _load_vit3d(source, saved_args: dict, pretrained_cfg: dict, state, in_chans, img_size, channel_mode, model_args):
+    """A 3D ViT export (``architecture: domainfm_vit3d``): the same strict key check and channel adaptation as
+    2D; positions are fixed sin-cos computed for any grid, so a new ``img_size`` needs no resampling."""
+    from domainfm.backbones.vit3d import VisionTransformer3D
+
+    src_chans = int(state["patch_embed.proj.weight"].shape[1])
+    args = {**saved_args, **model_args, "in_chans": in_chans or src_chans}
+    if img_size is not None:
+        args["img_size"] = img_size
+    model = VisionTransformer3D(**args)
+    state["patch_embed.proj.weight"] = adapt_channels(state["patch_embed.proj.weight"], args["in_chans"], channel_mode)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    check_keys(str(source), VIT3D_ARCHITECTURE, missing, unexpected)
+    cfg = {k: v for k, v in pretrained_cfg.items() if v is not None and k not in _PROVENANCE}
+    cfg["tag"] = pretrained_cfg.get("tag") or "domainfm-loaded"
+    cfg["input_size"] = (args["in_chans"], *model.patch_embed.img_size)
+    for key in ("mean", "std"):
+        values = list(cfg.get(key) or [])
+        if values and len(values) != args["in_chans"]:
+            cfg[key] = [float(sum(values) / len(values))] * args["in_chans"]
     model.pretrained_cfg = cfg
     model.domainfm_weights = str(source)
     return model

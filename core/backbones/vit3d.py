@@ -46,7 +46,9 @@ class VisionTransformer3D(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        self.embed_dim, self.num_prefix_tokens = embed_dim, 1
+        self.embed_dim = self.num_features = embed_dim
+        self.num_prefix_tokens = 1
+        self.pretrained_cfg: dict = {}
         self.patch_embed = PatchEmbed3D(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         nn.init.normal_(self.cls_token, std=0.02)
@@ -87,6 +89,20 @@ class VisionTransformer3D(nn.Module):
         x = self._pos_embed(self.patch_embed(x))
         return self.norm(self.blocks(x))
 
+    def forward_intermediates(self, x: torch.Tensor, indices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(final normed tokens, [block outputs at indices, (B, D, d, h, w)])`` as timm's ViT
+        ``forward_intermediates`` (``norm=False``, prefix tokens dropped): what UNETR's skips take."""
+        x = self.patch_embed(x)
+        grid = tuple(x.shape[1:-1])
+        x = self._pos_embed(x)
+        outs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in indices:
+                patches = x[:, self.num_prefix_tokens :]
+                outs.append(patches.transpose(1, 2).reshape(x.shape[0], -1, *grid))
+        return self.norm(x), outs
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled feature: the cls token."""
         return self.forward_features(x)[:, 0]
@@ -102,3 +118,30 @@ def vit3d_small(**kwargs) -> VisionTransformer3D:
 
 def vit3d_base(**kwargs) -> VisionTransformer3D:
     return VisionTransformer3D(**{"embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+
+
+_SIZES = {"vit3d_tiny": vit3d_tiny, "vit3d_small": vit3d_small, "vit3d_base": vit3d_base}
+
+
+def create_vit3d(
+    name: str = "vit3d_small",
+    img_size=None,
+    patch_size=16,
+    in_chans: int = 1,
+    drop_path_rate: float = 0.0,
+    weights: str | None = None,
+    **kwargs,
+) -> VisionTransformer3D:
+    """A 3D ViT by size name (``vit3d_tiny`` / ``vit3d_small`` / ``vit3d_base``; ``depth`` etc. override), fresh
+    (``img_size`` default 96) or from ``weights``: a run or export folder written by domainfm (``img_size``
+    default: the weights'; channels adapted; positions are computed for any grid)."""
+    if name not in _SIZES:
+        raise ValueError(f"backbone {name!r}: 3D ViTs are {', '.join(_SIZES)}")
+    if weights:
+        from domainfm.backbones.loading import load_backbone
+
+        extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+        return load_backbone(weights, in_chans=in_chans, img_size=img_size, **extra, **kwargs)
+    return _SIZES[name](
+        img_size=img_size or 96, patch_size=patch_size, in_chans=in_chans, drop_path_rate=drop_path_rate, **kwargs
+    )

@@ -33,7 +33,8 @@ class StreamSampler(Sampler):
     """Yields ``(index, seed)`` pairs for one rank, forever, starting at global position ``start``.
 
     With ``weights`` (one per sample, e.g. inverse class frequency) each epoch is ``size`` draws with replacement
-    proportional to the weights instead of a permutation.
+    proportional to the weights instead of a permutation. With ``groups=(group_ids, window)`` each epoch is a
+    patch queue's order (:meth:`_queued`).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class StreamSampler(Sampler):
         start: int = 0,
         shuffle: bool = True,
         weights: torch.Tensor | None = None,
+        groups: tuple[torch.Tensor, int] | None = None,
     ):
         if size <= 0:
             raise DataError("the dataset is empty")
@@ -54,14 +56,35 @@ class StreamSampler(Sampler):
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         if self.weights is not None and (len(self.weights) != size or bool((self.weights < 0).any())):
             raise ValueError(f"weights must be {size} non-negative numbers")
+        self.members, self.window = None, 0
+        if groups is not None:
+            if self.weights is not None:
+                raise ValueError("weighted sampling and grouped (queued) sampling cannot be combined")
+            ids, self.window = torch.as_tensor(groups[0]), int(groups[1])
+            if len(ids) != size or self.window < 1:
+                raise ValueError(f"groups must give one group id per sample ({size}) and a window >= 1")
+            self.members = [torch.nonzero(ids == g).flatten() for g in torch.unique(ids)]
 
     def _order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.size)
         g = torch.Generator().manual_seed(sample_seed(self.seed, -1 - epoch))
+        if self.members is not None:
+            return self._queued(g)
         if self.weights is not None:
             return torch.multinomial(self.weights, self.size, replacement=True, generator=g)
         return torch.randperm(self.size, generator=g)
+
+    def _queued(self, g: torch.Generator) -> torch.Tensor:
+        """A patch queue's order (torchio's ``Queue``): groups (volumes) in random order, ``window`` at a time,
+        the samples of each window shuffled together, so a group's samples come close together in the stream and
+        a reader that caches ``window`` groups decodes each about once per epoch."""
+        groups = torch.randperm(len(self.members), generator=g)
+        parts = []
+        for start in range(0, len(groups), self.window):
+            window = torch.cat([self.members[i] for i in groups[start : start + self.window].tolist()])
+            parts.append(window[torch.randperm(len(window), generator=g)])
+        return torch.cat(parts)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         global_batch = self.batch_size * self.world_size

@@ -313,14 +313,16 @@ class TwoViews:
 
 
 class ImageTransform:
-    """Apply an image transform to ``sample["image"]``; optionally add a patch mask from ``masking``."""
+    """Apply an image transform to ``sample["image"]`` (``view=None``: the dataset's own, e.g. 3D patches);
+    optionally add a patch mask from ``masking``."""
 
-    def __init__(self, view, masking=None):
+    def __init__(self, view=None, masking=None):
         self.view, self.masking = view, masking
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         sample = dict(sample)
-        sample["image"] = self.view(sample["image"])
+        if self.view is not None:
+            sample["image"] = self.view(sample["image"])
         if self.masking is not None:
             sample["mask"] = self.masking()
         return sample

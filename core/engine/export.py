@@ -1,4 +1,4 @@
-"""Export a 2D ViT backbone as ``model.safetensors`` + ``config.json`` that timm loads with
+"""Export a ViT backbone as ``model.safetensors`` + ``config.json`` that timm loads with
 ``timm.create_model("local-dir:<dir>", pretrained=True)``, plus a model card (``README.md``, as timm's
 ``push_to_hf_hub`` writes one).
 
@@ -8,7 +8,8 @@ size, mean/std, and the resize: bilinear, no crop (``crop_pct`` 1.0), as domainf
 of weights the backbone was loaded from (hub id, url, licence of ImageNet weights) is not carried over. Domain
 keys such as MPP, tile size or band names go into a top-level ``"domainfm"`` entry of ``config.json``
 (``load_backbone`` merges them into ``model.pretrained_cfg["domainfm"]``); timm ignores unknown top-level keys
-but rejects unknown ``pretrained_cfg`` keys."""
+but rejects unknown ``pretrained_cfg`` keys. A 3D ViT (not a timm model) is written in the same layout with
+``architecture: domainfm_vit3d`` (:func:`_export_volume_backbone`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+from domainfm.backbones.loading import VIT3D_ARCHITECTURE
 from torch import nn
 
 # what describes the architecture's interface (kept from the model's pretrained_cfg); everything else is ours
@@ -63,6 +65,8 @@ def export_backbone(
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if backbone.patch_embed.proj.weight.ndim == 5:
+        return _export_volume_backbone(backbone, out_dir, preprocess, tag, card or {}, extra_files)
     in_chans = int(preprocess.get("in_chans", backbone.patch_embed.proj.in_channels))
     size = preprocess.get("img_size", backbone.patch_embed.img_size)
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -98,12 +102,76 @@ def export_backbone(
     return out_dir
 
 
+_USE_2D = [
+    "```python",
+    "import timm",
+    'model = timm.create_model("local-dir:<this folder>", pretrained=True)',
+    "cfg = timm.data.resolve_data_config({}, model=model)",
+    "transform = timm.data.create_transform(**cfg)  # the preprocessing above",
+    "```",
+]
+_USE_3D = [
+    "```python",
+    "from domainfm.backbones.loading import load_backbone",
+    'model = load_backbone("<this folder>")  # a 3D ViT: input (B, C, D, H, W)',
+    "```",
+]
+
+
+def _export_volume_backbone(backbone, out_dir: Path, preprocess, tag: str, card, extra_files) -> Path:
+    """A 3D ViT (:class:`~domainfm.backbones.vit3d.VisionTransformer3D`, not a timm model) in the same layout:
+    ``config.json`` (``architecture: domainfm_vit3d``, ``model_args`` = its constructor arguments,
+    ``pretrained_cfg`` with ``input_size = [C, D, H, W]``, mean/std) + ``model.safetensors`` + model card;
+    :func:`~domainfm.backbones.loading.load_backbone` reads it back."""
+    from safetensors.torch import save_file
+
+    in_chans = int(preprocess.get("in_chans", backbone.patch_embed.proj.in_channels))
+    size = preprocess.get("img_size", backbone.patch_embed.img_size)
+    size = [int(size)] * 3 if isinstance(size, int) else [int(v) for v in size]
+    ours = {
+        "tag": tag,
+        "input_size": [in_chans, *size],
+        "interpolation": "trilinear",
+        "crop_pct": 1.0,
+        "mean": [float(v) for v in preprocess["mean"]],
+        "std": [float(v) for v in preprocess["std"]],
+    }
+    config = {
+        "architecture": VIT3D_ARCHITECTURE,
+        "num_classes": 0,
+        "num_features": int(backbone.embed_dim),
+        "global_pool": "token",
+        "model_args": {**backbone.config, "img_size": size, "in_chans": in_chans},
+        "pretrained_cfg": ours,
+    }
+    extra = {k: v for k, v in preprocess.items() if k not in _CORE_KEYS}
+    if extra:
+        config["domainfm"] = extra
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        (tmp / "README.md").write_text(model_card(config, preprocess, card))
+        if extra_files is not None:
+            extra_files(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
 def model_card(config: dict[str, Any], preprocess: dict[str, Any], card: dict[str, Any]) -> str:
     """A Hugging Face model card: YAML front matter (licence, library, tags) and what a user needs to use the
     weights right. Names no file or folder of the training data (archives hold patient data): counts only."""
     cfg = config["pretrained_cfg"]
     license_ = preprocess.get("license") or "other"
-    front = ["---", "library_name: timm", f"license: {license_}", "tags:", "- image-feature-extraction", "- timm"]
+    library = "domainfm" if config["architecture"] == VIT3D_ARCHITECTURE else "timm"
+    front = ["---", f"library_name: {library}", f"license: {license_}", "tags:", "- image-feature-extraction"]
+    front += ["- timm"] if library == "timm" else []
     front += ["- domainfm", "---", ""]
     title = card.get("recipe") or cfg.get("tag", "domainfm")
     lines = [f"# {title}", ""]
@@ -115,8 +183,11 @@ def model_card(config: dict[str, Any], preprocess: dict[str, Any], card: dict[st
         if card.get(key) is not None:
             lines.append(f"- {label}: {card[key]}")
     lines += ["", "## Preprocessing the weights expect", ""]
-    c, h, w = cfg["input_size"]
-    lines.append(f"- input: {c} channel(s), {h} x {w} px, resized {cfg['interpolation']}, no crop")
+    c, *size = cfg["input_size"]
+    unit = "voxels" if len(size) == 3 else "px"
+    lines.append(
+        f"- input: {c} channel(s), {' x '.join(map(str, size))} {unit}, resized {cfg['interpolation']}, no crop"
+    )
     lines.append(f"- mean {list(cfg['mean'])}, std {list(cfg['std'])} (after scaling pixels to [0, 1])")
     for key, value in (config.get("domainfm") or {}).items():
         lines.append(f"- {key}: {value}")
@@ -124,12 +195,7 @@ def model_card(config: dict[str, Any], preprocess: dict[str, Any], card: dict[st
         "",
         "## Use",
         "",
-        "```python",
-        "import timm",
-        'model = timm.create_model("local-dir:<this folder>", pretrained=True)',
-        "cfg = timm.data.resolve_data_config({}, model=model)",
-        "transform = timm.data.create_transform(**cfg)  # the preprocessing above",
-        "```",
+        *(_USE_3D if len(size) == 3 else _USE_2D),
         "",
         f"Licence: {license_} (set `preprocess.license=` in the recipe to declare the licence of your weights).",
         "",

@@ -280,6 +280,7 @@ class Trainer:
             world_size=self.world,
             start=self.samples_seen,
             weights=self.sample_weights,
+            groups=getattr(self.dataset, "sample_groups", lambda: None)(),
         )
         return DataLoader(
             SeededDataset(self.dataset, self.transform, strict=cfg.strict_data),

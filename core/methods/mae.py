@@ -114,15 +114,19 @@ class MAE(Method):
         return self.decoder(self.encoder(images, mask, mode="drop"), math.prod(self.grid(images)))
 
     def report(self, batch, out_dir, preprocess) -> list:
-        if batch["image"].ndim != 4 or "mask" not in batch:
-            return []
         from domainfm.reports.reconstructions import mae_reconstruction_figure
 
         n = min(6, batch["image"].shape[0])
+        mask = batch.get("mask")
+        if mask is None:  # masks drawn in forward (volumes): a fixed draw for the figure
+            gen = RandomPatchMask(self.grid(batch["image"]), self.mask_ratio)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                mask = torch.stack([gen() for _ in range(n)])
         path = mae_reconstruction_figure(
             self,
             batch["image"][:n],
-            batch["mask"][:n],
+            mask[:n],
             preprocess["mean"],
             preprocess["std"],
             out_dir / "reconstructions.png",

@@ -1,4 +1,5 @@
-"""MAE reconstruction figure: input, masked input and reconstruction side by side."""
+"""MAE reconstruction figure: input, masked input and reconstruction side by side (volumes: the middle axial
+slice)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from pathlib import Path
 
 import torch
 from domainfm.objectives.mae import patchify, unpatchify
+
+
+def _mid_axial(x: torch.Tensor) -> torch.Tensor:
+    return x[..., x.shape[-1] // 2].transpose(-1, -2).flip(-1, -2)
 
 
 @torch.no_grad()
@@ -32,6 +37,9 @@ def mae_reconstruction_figure(
     C = images.shape[1]
     recon = unpatchify(pred * m + target * (1 - m), grid, method.patch_size, C)
     visible = unpatchify(target * (1 - m), grid, method.patch_size, C)
+    if images.ndim == 5:  # volumes (B, C, X, Y, Z) in RAS: the middle axial slice, anterior up, right on the left
+        images, visible, recon = (_mid_axial(x) for x in (images, visible, recon))
+        stretch = True  # z-scored MR / windowed CT: not display values
     mean_t = torch.tensor(list(mean), dtype=images.dtype)[:, None, None]
     std_t = torch.tensor(list(std), dtype=images.dtype)[:, None, None]
 

@@ -268,3 +268,33 @@ def test_load_dinov2_style_checkpoint(tmp_path):
     torch.testing.assert_close(model.blocks[1].ls1.gamma, src.blocks[1].ls1.gamma)
     assert model.pos_embed.shape == (1, 1 + 16 * 16, 192)
     assert model(torch.randn(1, 3, 224, 224)).shape == (1, 192)
+
+
+def test_vit3d_export_round_trip_and_channel_adaptation(tmp_path):
+    from domainfm.backbones.vit3d import create_vit3d
+
+    torch.manual_seed(0)
+    vit = create_vit3d("vit3d_tiny", img_size=16, patch_size=8, in_chans=1, depth=2)
+    pre = {"img_size": 16, "in_chans": 1, "mean": [0.0], "std": [1.0], "spacing": [1.0, 1.0, 1.0]}
+    folder = export_backbone(vit, tmp_path / "run" / "export", pre, tag="t")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "domainfm_vit3d" and config["pretrained_cfg"]["input_size"] == [1, 16, 16, 16]
+    assert (
+        config["domainfm"] == {"spacing": [1.0, 1.0, 1.0]}
+        and "16 x 16 x 16 voxels" in (folder / "README.md").read_text()
+    )
+    x = torch.randn(2, 1, 16, 16, 24)
+    for source in (folder, tmp_path / "run"):  # an export folder or the run folder holding it
+        loaded = load_backbone(source).eval()
+        assert torch.allclose(loaded(x), vit.eval()(x), atol=1e-6)
+    assert loaded.pretrained_cfg["domainfm"] == {"spacing": [1.0, 1.0, 1.0]} and loaded.domainfm_weights == str(source)
+    # 1 -> 2 channels: filters repeated and halved, so a volume given twice has the source's response
+    two = create_vit3d("vit3d_tiny", in_chans=2, weights=str(folder))
+    assert two.pretrained_cfg["input_size"] == (2, 16, 16, 16) and two.pretrained_cfg["mean"] == [0.0, 0.0]
+    assert torch.allclose(two.eval()(x.repeat(1, 2, 1, 1, 1)), vit(x), atol=1e-5)
+    block_outs = vit.forward_intermediates(x, [0, 1])[1]
+    assert [tuple(b.shape) for b in block_outs] == [(2, 192, 2, 2, 3)] * 2
+    state = {k: v for k, v in vit.state_dict().items() if not k.startswith("blocks.1.")}
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ConfigError, match=r"do not fit domainfm_vit3d: \d+ missing \(e.g. \['blocks.1"):
+        load_backbone(folder)
