@@ -19,7 +19,7 @@ The manifest (``domain.yaml`` in the package folder) is read as a file, so disco
     demo: {module: domainfm.pathology.demo, help: "..."}       # module with main(**key=value strings)
     kinds:                             # data the core's generic commands hand to the domain
       slides:
-        detect: data.coords            # chosen when this key is set (or data.kind=slides)
+        detect: data.coords            # chosen when this key is set (or data.kind=slides); key=value: that value
         extract: domainfm.pathology.commands.extract_slides:extract   # hook: extract(cfg, backbone) -> Path
     required: {data.coords: "the patches/ folder of domainfm tile"}  # hints for keys left ???
     limits: {tiling.tile_px: {min: 1}}  # ranges checked before a command runs (domainfm.validation)
@@ -229,15 +229,23 @@ def _select(cfg: Any, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
 
 
+def _detects(cfg: Any, detect: str) -> bool:
+    """``detect`` is a key that is set (``data.chips``) or ``key=value`` (``task=segmentation``)."""
+    key, sep, value = detect.partition("=")
+    found = _select(cfg, key.strip())
+    return str(found) == value.strip() if sep else found not in (None, "", [])
+
+
 def data_kind(cfg: Any) -> Kind | None:
-    """The domain kind of ``cfg``'s data: ``data.kind=<name>``, or the one kind whose ``detect`` key is set."""
+    """The domain kind of ``cfg``'s data: ``data.kind=<name>``, or the one kind whose ``detect`` key is set (or
+    has the value ``detect`` names)."""
     kinds = {name: k for d in domains().values() for name, k in d.kinds.items()}
     chosen = _select(cfg, "data.kind")
     if chosen:
         if chosen not in kinds:
             raise ConfigError(f"unknown data.kind={chosen!r}; valid kinds: {', '.join(sorted(kinds)) or 'none'}")
         return kinds[chosen]
-    hits = [k for k in kinds.values() if k.detect and _select(cfg, k.detect) not in (None, "", [])]
+    hits = [k for k in kinds.values() if k.detect and _detects(cfg, k.detect)]
     if len(hits) > 1:
         keys = ", ".join(f"{k.detect} ({k.name})" for k in hits)
         raise ConfigError(f"the data looks like several kinds ({keys}): choose one with data.kind=<name>")

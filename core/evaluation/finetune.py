@@ -91,21 +91,27 @@ class Classifier(Method):
         return {"loss": F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.label_smoothing)}
 
     def optim_groups(self) -> list[dict]:
-        """The engine's decay / no-decay groups, split by layer with ``lr_scale = decay ** (L + 1 - layer)``."""
-        top = self.num_blocks + 1
-        layer = {
-            id(p): layer_id(n.removeprefix("backbone."), self.num_blocks) if n.startswith("backbone.") else top
-            for n, p in self.named_parameters()
-        }
-        groups = []
-        for group in param_groups(self, self.no_weight_decay()):
-            by_layer: dict[int, list[nn.Parameter]] = defaultdict(list)
-            for p in group["params"]:
-                by_layer[layer[id(p)]].append(p)
-            for lid, params in sorted(by_layer.items()):
-                scale = self.layer_decay ** (top - lid)
-                groups.append({"params": params, "wd_scale": group["wd_scale"], "lr_scale": scale, "layer": lid})
-        return groups
+        return layer_decay_groups(self, "backbone.", self.num_blocks, self.layer_decay)
+
+
+def layer_decay_groups(method: Method, prefix: str, num_blocks: int, decay: float) -> list[dict]:
+    """The engine's decay / no-decay groups of ``method``, split by layer with ``lr_scale = decay ** (L + 1 -
+    layer)``: parameters under ``prefix`` (the ViT) by :func:`~domainfm.backbones.vit.layer_id`, everything else
+    (heads, decoders) at the top layer ``L + 1``."""
+    top = num_blocks + 1
+    layer = {
+        id(p): layer_id(n.removeprefix(prefix), num_blocks) if n.startswith(prefix) else top
+        for n, p in method.named_parameters()
+    }
+    groups = []
+    for group in param_groups(method, method.no_weight_decay()):
+        by_layer: dict[int, list[nn.Parameter]] = defaultdict(list)
+        for p in group["params"]:
+            by_layer[layer[id(p)]].append(p)
+        for lid, params in sorted(by_layer.items()):
+            scale = decay ** (top - lid)
+            groups.append({"params": params, "wd_scale": group["wd_scale"], "lr_scale": scale, "layer": lid})
+    return groups
 
 
 @torch.no_grad()
