@@ -250,7 +250,7 @@ def test_help_marks_domains_whose_extra_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "openslide", None)
     text = _usage()
     assert 'pathology commands:  [not installed: pip install "domainfm[pathology]"]' in text
-    assert "demos: core, pathology (not installed)" in text
+    assert "demos: core, medical, pathology (not installed)" in text
     domains_line = next(ln for ln in text.splitlines() if ln.startswith("domains: "))
     assert domains_line.startswith("domains: core, ")
     assert 'pathology (pip install "domainfm[pathology]")' in domains_line
@@ -282,9 +282,9 @@ def test_demo_lists_and_refuses_unknown_names(tmp_path):
     assert listed.returncode == 0
     assert listed.stdout.splitlines()[0] == "demos (domainfm demo <domain> [key=value ...]):"
     names = {ln.split()[0] for ln in listed.stdout.splitlines()[1:]}
-    assert {"pathology", "remote_sensing"} <= names
+    assert {"medical", "pathology", "remote_sensing"} <= names
     bad = run_cli(["demo", "volcanology"], tmp_path)
-    expected = "error: no demo named 'volcanology'; demos: core, pathology, remote_sensing"
+    expected = "error: no demo named 'volcanology'; demos: core, medical, pathology, remote_sensing"
     assert bad.returncode == 2 and bad.stderr.strip() == expected
 
 
