@@ -37,6 +37,7 @@ from domainfm.evaluation.datasets import LabeledSet
 from domainfm.evaluation.finetune import layer_decay_groups, set_drop_path
 from domainfm.evaluation.metrics import bootstrap_indices
 from domainfm.medical.intensity import Intensity
+from domainfm.medical.labeled_volumes import normalise
 from domainfm.medical.readers import read_volume
 from domainfm.medical.unetr import UNETR, spatial_dims
 from domainfm.methods.base import Method, StepContext
@@ -123,11 +124,8 @@ def load_case(
         from domainfm.medical.resample import resample_to_spacing
 
         image, label = resample_to_spacing(image, spacing), resample_to_spacing(label, spacing, order=0)
-    x = intensity(np.asarray(image.array), modality)
-    chans = x.shape[0]
-    m = np.broadcast_to(np.asarray(mean, np.float32).reshape(-1), (chans,)).reshape(chans, 1, 1, 1)
-    s = np.broadcast_to(np.asarray(std, np.float32).reshape(-1), (chans,)).reshape(chans, 1, 1, 1)
-    x = ((x - m) / s).astype(np.float32)
+    reading = {"intensity": intensity.to_dict(), "modality": modality, "mean": mean, "std": std}
+    x = normalise(image, reading)
     return Case(case_id, x, np.asarray(label.array).astype(np.int64), tuple(image.spacing), image.affine)
 
 

@@ -72,10 +72,13 @@ def _encode(names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     return np.array([index[n] for n in names], dtype=np.int64), classes
 
 
-def load_labeled(root: str | Path | None = None, csv_path: str | Path | None = None) -> LabeledSet:
-    """Class folders under ``root`` (``root/<class>/<image>``), or the rows of ``csv_path``."""
+def load_labeled(
+    root: str | Path | None = None, csv_path: str | Path | None = None, folders: bool = False
+) -> LabeledSet:
+    """Class folders under ``root`` (``root/<class>/<image>``), or the rows of ``csv_path`` (``folders``: a row's
+    path may be a folder, e.g. a DICOM series)."""
     if csv_path:
-        return _read_csv(Path(csv_path).expanduser(), Path(root).expanduser() if root else None)
+        return _read_csv(Path(csv_path).expanduser(), Path(root).expanduser() if root else None, folders)
     if not root:
         raise DataError("no data given: set data.root=<class folders> or data.csv=<path,label[,split][,group] csv>")
     root = Path(root).expanduser()
@@ -90,7 +93,7 @@ def load_labeled(root: str | Path | None = None, csv_path: str | Path | None = N
     return LabeledSet(files, [r.as_posix() for r in rel], labels, classes, source=f"data.root={root}")
 
 
-def _read_csv(path: Path, root: Path | None) -> LabeledSet:
+def _read_csv(path: Path, root: Path | None, folders: bool = False) -> LabeledSet:
     if not path.is_file():
         raise DataError(f"data.csv={path} does not exist")
     with path.open(newline="") as f:
@@ -103,7 +106,7 @@ def _read_csv(path: Path, root: Path | None) -> LabeledSet:
         raise DataError(f"{path} has a header but no rows")
     base = root or path.parent
     paths = [base / r["path"] for r in rows]
-    missing = [(i, p) for i, p in enumerate(paths) if not p.is_file()]
+    missing = [(i, p) for i, p in enumerate(paths) if not (p.exists() if folders else p.is_file())]
     if missing:
         i, p = missing[0]
         raise DataError(

@@ -38,23 +38,24 @@ _UNREADABLE = (OSError, ValueError, SyntaxError, RuntimeError, DataError)
 
 @dataclass
 class Preprocess:
-    """What the weights expect: channels, ``(H, W)``, per-channel mean and std."""
+    """What the weights expect: channels, ``(H, W)`` (``(D, H, W)`` for a 3D backbone), per-channel mean and std."""
 
     in_chans: int
-    size: tuple[int, int]
+    size: tuple[int, ...]
     mean: list[float]
     std: list[float]
 
     @classmethod
     def of(cls, model: nn.Module) -> Preprocess:
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        chans, h, w = cfg.get("input_size") or (model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
+        chans, *size = cfg.get("input_size") or (model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
         mean = list(cfg.get("mean") or [0.5] * chans)
         std = list(cfg.get("std") or [0.5] * chans)
-        return cls(int(chans), (int(h), int(w)), [float(m) for m in mean], [float(s) for s in std])
+        return cls(int(chans), tuple(int(n) for n in size), [float(m) for m in mean], [float(s) for s in std])
 
-    def view(self) -> ResizeView:
-        return ResizeView(self.size, self.mean, self.std)
+    def view(self) -> ResizeView | None:
+        """The evaluation view of images; ``None`` for a 3D backbone (a domain's dataset reads its volumes)."""
+        return ResizeView(self.size, self.mean, self.std) if len(self.size) == 2 else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"in_chans": self.in_chans, "img_size": list(self.size), "mean": self.mean, "std": self.std}

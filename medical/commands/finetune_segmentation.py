@@ -3,8 +3,8 @@ segmentation finetuning of pretrained ViTs (2D or 3D), Dice / HD95 per class wit
 (the ``segmentation`` kind's finetune hook, ``medical/domain.yaml``; the recipe: :mod:`domainfm.medical.segmentation`).
 
 Each backbone reads the volumes with its own preprocessing: the intensity, modality and spacing its export
-records (``domainfm pretrain`` on medical data writes them), else ``segmentation.intensity`` / ``data.modality``
-/ ``segmentation.spacing``; its mean / std. Splits are grouped by the ``group`` column (a patient's studies stay
+records (``domainfm pretrain`` on medical data writes them), else ``data.intensity`` / ``data.modality``
+/ ``data.spacing``; its mean / std. Splits are grouped by the ``group`` column (a patient's studies stay
 together) and written to ``splits.csv``. Per backbone: ``export/`` (the finetuned encoder, loadable as any
 domainfm backbone, plus ``segmenter.safetensors`` / ``segmenter.json``: the whole UNETR), ``predictions/`` (test
 label maps as NIfTI on the image grid, ``segmentation.save_predictions``), ``report/segmentation.png`` (truth and
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from domainfm.backbones.loading import load_backbone
 from domainfm.commands.common import output_dir, write_config
 from domainfm.commands.labeled import backbone_names, backbone_sources
 from domainfm.commands.pretrain import trainer_config
@@ -31,6 +30,7 @@ from domainfm.errors import ConfigError, DataError
 from domainfm.evaluation.datasets import LabeledSet, check_groups, with_splits
 from domainfm.evaluation.training import fit_best
 from domainfm.medical.intensity import Intensity
+from domainfm.medical.labeled_volumes import open_for_config
 from domainfm.medical.segmentation import (
     Case,
     SegmentationPatches,
@@ -90,7 +90,7 @@ def _finetune_all(cfg: DictConfig, out: Path, data: LabeledSet, masks: dict[str,
     for source in sources:
         name = names[source]
         run_dir = out if len(sources) == 1 else out / name
-        model, reading = _open(cfg, source)
+        model, reading = open_for_config(cfg, source)
         key = json.dumps(reading, sort_keys=True)
         if key not in loaded:
             loaded[key] = _load_cases(data, masks, reading)
@@ -166,22 +166,6 @@ def _json(value: Any) -> Any:
 def _safe(case_id: str) -> str:
     stem = re.sub(r"\.(nii\.gz|nii|nrrd|png|jpe?g)$", "", case_id, flags=re.I)
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
-
-
-def _open(cfg: DictConfig, source: str):
-    """The backbone (channels adapted to the intensity's) and how it reads volumes."""
-    probe = load_backbone(source, in_chans=cfg.get("in_chans"))
-    recorded = dict((probe.pretrained_cfg or {}).get("domainfm") or {})
-    seg = cfg.segmentation
-    intensity = Intensity(**(recorded.get("intensity") or OmegaConf.to_container(seg.intensity, resolve=True)))
-    modality = cfg.data.get("modality") or (recorded.get("modality") or ["MR"])[0]
-    spacing = list(seg.spacing) if seg.spacing else recorded.get("spacing")
-    chans = intensity.channels(modality)
-    model = probe if probe.patch_embed.proj.in_channels == chans else load_backbone(source, in_chans=chans)
-    pre = model.pretrained_cfg
-    reading = {"intensity": intensity.to_dict(), "modality": modality, "spacing": spacing,
-               "mean": [float(v) for v in pre["mean"]], "std": [float(v) for v in pre["std"]]}  # fmt: skip
-    return model, reading
 
 
 def _load_cases(data: LabeledSet, masks: dict[str, Path], reading: dict) -> dict[str, list[Case]]:
