@@ -62,8 +62,9 @@ class _VolumeReader:
     """Volumes of ``root`` (see :func:`list_volumes`) decoded on demand, intensity-normalised, the worker's last
     ``cache_volumes`` kept."""
 
-    def _setup(self, root, intensity, modality, in_chans, cache_volumes: int, spacing=None) -> None:
+    def _setup(self, root, intensity, modality, in_chans, cache_volumes: int, spacing=None, foreground=False) -> None:
         self.root = Path(root)
+        self.foreground = bool(foreground)
         self.intensity = intensity if isinstance(intensity, Intensity) else Intensity(**(intensity or {}))
         self.volumes = list_volumes(root)
         self.modality = modality
@@ -98,6 +99,8 @@ class _VolumeReader:
 
             vol = resample_to_spacing(vol, self.spacing)
         out = self.intensity(vol.array, self._modality(info))
+        if self.foreground:
+            out = crop_foreground(out)
         self._cache[v] = out
         while len(self._cache) > self.cache_volumes:
             self._cache.popitem(last=False)
@@ -147,6 +150,21 @@ class VolumeSlices(_VolumeReader, Dataset):
         return {"intensity": self.intensity.to_dict(), "slice_axis": self.axis, "modality": mods}
 
 
+def crop_foreground(x: np.ndarray) -> np.ndarray:
+    """``x (C, X, Y, Z)`` normalised, cropped to the bounding box of the voxels above the volume's minimum in the
+    first channel: SelfMedMAE's / monai's ``CropForegroundd(source_key="image")`` after the intensity scaling (CT:
+    HU above the window's lower bound, i.e. the body without the air around it; MR: above the lower percentile
+    clip, i.e. the nonzero head / body). The box is monai's ``generate_spatial_bounding_box``; an empty
+    foreground keeps the whole volume."""
+    from monai.transforms.utils import generate_spatial_bounding_box
+
+    mask = x[:1] > x[0].min()
+    if not mask.any():
+        return x
+    start, end = generate_spatial_bounding_box(mask)
+    return np.ascontiguousarray(x[:, start[0] : end[0], start[1] : end[1], start[2] : end[2]])
+
+
 def _triple(size) -> tuple[int, int, int]:
     return (int(size),) * 3 if isinstance(size, int) else tuple(int(s) for s in size)
 
@@ -163,7 +181,7 @@ class VolumePatches(_VolumeReader, Dataset):
     (SelfMedMAE's MAE-3D, Zhou et al. 2023: ``RandFlipd`` / ``RandRotate90d``, prob 0.2 each): ``flip`` is the
     probability of a flip per axis, ``rot90`` of one 90-degree turn in the axial (x, y) plane (square patches).
     ``spacing``: resample each volume to this spacing (mm) when read (an index written with ``index.spacing``
-    already is)."""
+    already is). ``foreground``: crop each volume to its foreground first (:func:`crop_foreground`)."""
 
     def __init__(
         self,
@@ -179,11 +197,12 @@ class VolumePatches(_VolumeReader, Dataset):
         flip: float = 0.0,
         rot90: float = 0.0,
         queue_volumes: int = 8,
+        foreground: bool = False,
     ):
         self.patch = _triple(patch_size)
         if rot90 and self.patch[0] != self.patch[1]:
             raise DataError(f"rot90 turns the axial plane: patch_size {self.patch} needs equal x and y")
-        self._setup(root, intensity, modality, in_chans, cache_volumes=queue_volumes, spacing=spacing)
+        self._setup(root, intensity, modality, in_chans, queue_volumes, spacing, foreground)
         self.per_volume, self.queue_volumes = int(patches_per_volume), int(queue_volumes)
         self.flip, self.rot90 = float(flip), float(rot90)
         chans = self.in_chans
@@ -221,6 +240,8 @@ class VolumePatches(_VolumeReader, Dataset):
         """What ``domainfm pretrain`` records in the export: intensity, modality, spacing, patch size."""
         mods = sorted({self._modality(v) for v in self.volumes})
         info = {"intensity": self.intensity.to_dict(), "modality": mods, "patch_size_voxels": list(self.patch)}
+        if self.foreground:
+            info["foreground"] = True
         if self.spacing is not None:
             info["spacing"] = list(self.spacing)
         return info

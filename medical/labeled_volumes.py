@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from domainfm.backbones.loading import load_backbone
 from domainfm.errors import DataError
+from domainfm.medical.datasets import crop_foreground
 from domainfm.medical.intensity import Intensity
 from domainfm.medical.readers import Volume, read_volume
 from torch import nn
@@ -43,6 +44,8 @@ def open_volume_backbone(
     pre = model.pretrained_cfg
     reading = {"intensity": intensity.to_dict(), "modality": modality, "spacing": spacing,
                "mean": [float(v) for v in pre["mean"]], "std": [float(v) for v in pre["std"]]}  # fmt: skip
+    if recorded.get("foreground"):
+        reading["foreground"] = True  # pretrained on foreground crops: whole volumes are cropped the same way
     return model, reading
 
 
@@ -68,14 +71,15 @@ def normalise(volume: Volume, reading: dict) -> np.ndarray:
 
 
 def read_normalised(path: Path, reading: dict) -> np.ndarray:
-    """A volume file or DICOM series folder read in RAS, resampled to ``reading["spacing"]`` (when set) and
-    normalised."""
+    """A volume file or DICOM series folder read in RAS, resampled to ``reading["spacing"]`` (when set),
+    normalised, and cropped to its foreground when ``reading["foreground"]``."""
     volume = read_volume(path)
     if reading.get("spacing") is not None and not np.allclose(volume.spacing, reading["spacing"], rtol=1e-3):
         from domainfm.medical.resample import resample_to_spacing
 
         volume = resample_to_spacing(volume, reading["spacing"])
-    return normalise(volume, reading)
+    x = normalise(volume, reading)
+    return crop_foreground(x) if reading.get("foreground") else x
 
 
 def resize_volume(x: torch.Tensor, size) -> torch.Tensor:

@@ -110,3 +110,32 @@ def test_mae3d_tiny_pretrains_exports_a_3d_vit_and_resumes_exactly(volumes, tmp_
     assert pretrain_in_process([*common, f"run_dir={twice}", "trainer.max_steps=4"])["resumed_from"] == 2
     a, b = load_file(str(once / "export" / "model.safetensors")), load_file(str(twice / "export" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_foreground_crop_drops_the_background_around_the_body(volumes, tmp_path):
+    """A real volume padded with zeros (as air / background around a body): the crop is the bounding box of the
+    voxels above the normalised minimum, computed here with numpy; the export records it, and whole volumes read
+    for classification are cropped the same way."""
+    import nibabel as nib
+    from domainfm.medical.labeled_volumes import read_normalised
+
+    source = nib.load(sorted(volumes.glob("*.nii.gz"))[0])
+    padded = np.pad(np.asarray(source.dataobj, dtype=np.float32), 6)
+    folder = tmp_path / "padded"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(padded, source.affine), folder / "case.nii.gz")
+    whole = VolumePatches(folder, patch_size=16).volume(0)
+    cropped = VolumePatches(folder, patch_size=16, foreground=True)
+    inside = np.argwhere(whole[0] > whole[0].min())
+    lo, hi = inside.min(0), inside.max(0) + 1
+    assert np.array_equal(cropped.volume(0), whole[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
+    assert all(hi - lo <= np.array(padded.shape) - 12)  # the padding is gone
+    assert (
+        cropped.preprocess_info()["foreground"] is True
+        and "foreground" not in VolumePatches(folder, 16).preprocess_info()
+    )
+    reading = {"intensity": Intensity(mode="mr").to_dict(), "modality": "MR", "spacing": None, "mean": [0.0],
+               "std": [1.0], "foreground": True}  # fmt: skip
+    assert np.allclose(read_normalised(folder / "case.nii.gz", reading), cropped.volume(0))
+    flat = np.full((1, 4, 4, 4), 2.0, np.float32)  # no foreground at all: kept whole
+    assert datasets.crop_foreground(flat).shape == flat.shape
