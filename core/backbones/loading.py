@@ -28,6 +28,9 @@ from domainfm.errors import ConfigError
 from timm.models.vision_transformer import VisionTransformer
 
 VIT3D_ARCHITECTURE = "domainfm_vit3d"  # the export's name of VisionTransformer3D (domainfm.engine.export)
+# Backbones that are not timm models: the export names its class (``model_class``, a trusted package); exports
+# of the 3D ViT written before that key existed are found by their architecture.
+NATIVE_CLASSES = {VIT3D_ARCHITECTURE: "domainfm.backbones.vit3d:VisionTransformer3D"}
 
 log = logging.getLogger(__name__)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -131,6 +134,8 @@ def _resolve(source: str, arch: str | None) -> tuple[str, dict, dict, dict[str, 
         pretrained_cfg = dict(config.get("pretrained_cfg", {}))
         if config.get("domainfm"):
             pretrained_cfg["domainfm"] = config["domainfm"]
+        if config.get("model_class"):
+            pretrained_cfg["model_class"] = config["model_class"]
         return architecture, dict(config.get("model_args", {})), pretrained_cfg, read_weights(weights)
     if path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
         if not arch:
@@ -242,8 +247,10 @@ def load_backbone(
     import timm
 
     architecture, saved_args, pretrained_cfg, state = _resolve(str(source), arch)
-    if architecture == VIT3D_ARCHITECTURE:
-        return _load_vit3d(source, saved_args, pretrained_cfg, state, in_chans, img_size, channel_mode, model_args)
+    native = pretrained_cfg.pop("model_class", None) or NATIVE_CLASSES.get(architecture)
+    if native is not None:
+        cls = native_class(native, str(source))
+        return cls.from_export(source, saved_args, pretrained_cfg, state, in_chans, img_size, channel_mode, model_args)
     args = {**saved_args, **model_args, "num_classes": 0, "dynamic_img_size": dynamic_img_size}
     if img_size is not None:
         args["img_size"] = img_size
@@ -293,26 +300,30 @@ def load_backbone(
     return model
 
 
-def _load_vit3d(source, saved_args: dict, pretrained_cfg: dict, state, in_chans, img_size, channel_mode, model_args):
-    """A 3D ViT export (``architecture: domainfm_vit3d``): the same strict key check and channel adaptation as
-    2D; positions are fixed sin-cos computed for any grid, so a new ``img_size`` needs no resampling."""
-    from domainfm.backbones.vit3d import VisionTransformer3D
+def native_class(name: str, source: str) -> type:
+    """The class ``package.module:Class`` an export names, imported only from a trusted package (the core, the
+    installed domains): a config file on disk never makes other code run."""
+    import importlib
 
-    src_chans = int(state["patch_embed.proj.weight"].shape[1])
-    args = {**saved_args, **model_args, "in_chans": in_chans or src_chans}
-    if img_size is not None:
-        args["img_size"] = img_size
-    model = VisionTransformer3D(**args)
-    state["patch_embed.proj.weight"] = adapt_channels(state["patch_embed.proj.weight"], args["in_chans"], channel_mode)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    check_keys(str(source), VIT3D_ARCHITECTURE, missing, unexpected)
+    from domainfm.plugins import trusted_packages
+
+    module, _, attr = name.partition(":")
+    if not attr or module.split(".", 1)[0] not in trusted_packages():
+        raise ConfigError(f"backbone={source}: model_class={name!r} is not a class of domainfm or an installed domain")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"backbone={source}: model_class={name!r} cannot be imported ({err})") from err
+
+
+def loaded_cfg(pretrained_cfg: dict, input_size: tuple, chans: int | None) -> dict:
+    """The ``pretrained_cfg`` of a loaded native backbone: provenance dropped, ``input_size`` as built, mean / std
+    averaged to ``chans`` channels when those changed."""
     cfg = {k: v for k, v in pretrained_cfg.items() if v is not None and k not in _PROVENANCE}
     cfg["tag"] = pretrained_cfg.get("tag") or "domainfm-loaded"
-    cfg["input_size"] = (args["in_chans"], *model.patch_embed.img_size)
+    cfg["input_size"] = tuple(input_size)
     for key in ("mean", "std"):
         values = list(cfg.get(key) or [])
-        if values and len(values) != args["in_chans"]:
-            cfg[key] = [float(sum(values) / len(values))] * args["in_chans"]
-    model.pretrained_cfg = cfg
-    model.domainfm_weights = str(source)
-    return model
+        if chans is not None and values and len(values) != chans:
+            cfg[key] = [float(sum(values) / len(values))] * chans
+    return cfg

@@ -34,6 +34,8 @@ class PatchEmbed3D(nn.Module):
 class VisionTransformer3D(nn.Module):
     """ViT over 3D patches with a cls token and fixed sin-cos positions (as MAE's decoder, extended to 3 axes)."""
 
+    domainfm_architecture = "domainfm_vit3d"  # exported by domainfm.engine.export, read by load_backbone
+
     def __init__(
         self,
         img_size=96,
@@ -73,6 +75,38 @@ class VisionTransformer3D(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    def export_config(self, preprocess: dict) -> tuple[dict, dict]:
+        """``(constructor arguments, pretrained_cfg)`` of the export: ``input_size [C, D, H, W]``, mean / std."""
+        in_chans = int(preprocess.get("in_chans", self.patch_embed.proj.in_channels))
+        size = preprocess.get("img_size", self.patch_embed.img_size)
+        size = [int(size)] * 3 if isinstance(size, int) else [int(v) for v in size]
+        mean, std = [float(v) for v in preprocess["mean"]], [float(v) for v in preprocess["std"]]
+        cfg = {"input_size": [in_chans, *size], "interpolation": "trilinear", "crop_pct": 1.0, "mean": mean, "std": std}
+        return {**self.config, "img_size": size, "in_chans": in_chans}, cfg
+
+    @classmethod
+    def from_export(cls, source, saved_args: dict, pretrained_cfg: dict, state, in_chans=None, img_size=None,
+                    channel_mode: str = "mean", model_args: dict | None = None) -> VisionTransformer3D:  # fmt: skip
+        """An export read back: the same strict key check and channel adaptation as a 2D ViT; positions are fixed
+        sin-cos computed for any grid, so a new ``img_size`` needs no resampling."""
+        from domainfm.backbones.loading import adapt_channels, check_keys, loaded_cfg
+
+        src_chans = int(state["patch_embed.proj.weight"].shape[1])
+        args = {**saved_args, **(model_args or {}), "in_chans": in_chans or src_chans}
+        if img_size is not None:
+            args["img_size"] = img_size
+        model = cls(**args)
+        state["patch_embed.proj.weight"] = adapt_channels(
+            state["patch_embed.proj.weight"], args["in_chans"], channel_mode
+        )
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        check_keys(str(source), cls.domainfm_architecture, missing, unexpected)
+        model.pretrained_cfg = loaded_cfg(
+            pretrained_cfg, (args["in_chans"], *model.patch_embed.img_size), args["in_chans"]
+        )
+        model.domainfm_weights = str(source)
+        return model
 
     def pos_embed(self, grid: tuple[int, ...], device, dtype) -> torch.Tensor:
         if grid not in self._pos:

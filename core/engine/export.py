@@ -8,8 +8,9 @@ size, mean/std, and the resize: bilinear, no crop (``crop_pct`` 1.0), as domainf
 of weights the backbone was loaded from (hub id, url, licence of ImageNet weights) is not carried over. Domain
 keys such as MPP, tile size or band names go into a top-level ``"domainfm"`` entry of ``config.json``
 (``load_backbone`` merges them into ``model.pretrained_cfg["domainfm"]``); timm ignores unknown top-level keys
-but rejects unknown ``pretrained_cfg`` keys. A 3D ViT (not a timm model) is written in the same layout with
-``architecture: domainfm_vit3d`` (:func:`_export_volume_backbone`)."""
+but rejects unknown ``pretrained_cfg`` keys. A backbone that is not a timm model (the 3D ViT, a domain's point
+encoder) is written in the same layout with its ``architecture`` and ``model_class``
+(:func:`_export_native_backbone`)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from domainfm.backbones.loading import VIT3D_ARCHITECTURE
 from torch import nn
 
 # what describes the architecture's interface (kept from the model's pretrained_cfg); everything else is ours
@@ -65,8 +65,8 @@ def export_backbone(
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if backbone.patch_embed.proj.weight.ndim == 5:
-        return _export_volume_backbone(backbone, out_dir, preprocess, tag, card or {}, extra_files)
+    if getattr(backbone, "domainfm_architecture", None):
+        return _export_native_backbone(backbone, out_dir, preprocess, tag, card or {}, extra_files)
     in_chans = int(preprocess.get("in_chans", backbone.patch_embed.proj.in_channels))
     size = preprocess.get("img_size", backbone.patch_embed.img_size)
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -110,39 +110,32 @@ _USE_2D = [
     "transform = timm.data.create_transform(**cfg)  # the preprocessing above",
     "```",
 ]
-_USE_3D = [
+_USE_NATIVE = [
     "```python",
     "from domainfm.backbones.loading import load_backbone",
-    'model = load_backbone("<this folder>")  # a 3D ViT: input (B, C, D, H, W)',
+    'model = load_backbone("<this folder>")  # input as described above',
     "```",
 ]
 
 
-def _export_volume_backbone(backbone, out_dir: Path, preprocess, tag: str, card, extra_files) -> Path:
-    """A 3D ViT (:class:`~domainfm.backbones.vit3d.VisionTransformer3D`, not a timm model) in the same layout:
-    ``config.json`` (``architecture: domainfm_vit3d``, ``model_args`` = its constructor arguments,
-    ``pretrained_cfg`` with ``input_size = [C, D, H, W]``, mean/std) + ``model.safetensors`` + model card;
-    :func:`~domainfm.backbones.loading.load_backbone` reads it back."""
+def _export_native_backbone(backbone, out_dir: Path, preprocess, tag: str, card, extra_files) -> Path:
+    """A backbone that is not a timm model (the 3D ViT, a domain's point encoder: a class with
+    ``domainfm_architecture``, ``export_config(preprocess) -> (model_args, pretrained_cfg)`` and
+    ``from_export``) in the same layout: ``config.json`` (``architecture``, ``model_class``, ``model_args``,
+    ``pretrained_cfg``) + ``model.safetensors`` + model card; :func:`~domainfm.backbones.loading.load_backbone`
+    reads it back."""
     from safetensors.torch import save_file
 
-    in_chans = int(preprocess.get("in_chans", backbone.patch_embed.proj.in_channels))
-    size = preprocess.get("img_size", backbone.patch_embed.img_size)
-    size = [int(size)] * 3 if isinstance(size, int) else [int(v) for v in size]
-    ours = {
-        "tag": tag,
-        "input_size": [in_chans, *size],
-        "interpolation": "trilinear",
-        "crop_pct": 1.0,
-        "mean": [float(v) for v in preprocess["mean"]],
-        "std": [float(v) for v in preprocess["std"]],
-    }
+    model_args, input_cfg = backbone.export_config(preprocess)
+    cls = type(backbone)
     config = {
-        "architecture": VIT3D_ARCHITECTURE,
+        "architecture": cls.domainfm_architecture,
+        "model_class": f"{cls.__module__}:{cls.__qualname__}",
         "num_classes": 0,
-        "num_features": int(backbone.embed_dim),
+        "num_features": int(backbone.num_features),
         "global_pool": "token",
-        "model_args": {**backbone.config, "img_size": size, "in_chans": in_chans},
-        "pretrained_cfg": ours,
+        "model_args": model_args,
+        "pretrained_cfg": {"tag": tag, **input_cfg},
     }
     extra = {k: v for k, v in preprocess.items() if k not in _CORE_KEYS}
     if extra:
@@ -169,7 +162,7 @@ def model_card(config: dict[str, Any], preprocess: dict[str, Any], card: dict[st
     weights right. Names no file or folder of the training data (archives hold patient data): counts only."""
     cfg = config["pretrained_cfg"]
     license_ = preprocess.get("license") or "other"
-    library = "domainfm" if config["architecture"] == VIT3D_ARCHITECTURE else "timm"
+    library = "domainfm" if config.get("model_class") else "timm"
     front = ["---", f"library_name: {library}", f"license: {license_}", "tags:", "- image-feature-extraction"]
     front += ["- timm"] if library == "timm" else []
     front += ["- domainfm", "---", ""]
@@ -183,19 +176,22 @@ def model_card(config: dict[str, Any], preprocess: dict[str, Any], card: dict[st
         if card.get(key) is not None:
             lines.append(f"- {label}: {card[key]}")
     lines += ["", "## Preprocessing the weights expect", ""]
-    c, *size = cfg["input_size"]
-    unit = "voxels" if len(size) == 3 else "px"
-    lines.append(
-        f"- input: {c} channel(s), {' x '.join(map(str, size))} {unit}, resized {cfg['interpolation']}, no crop"
-    )
-    lines.append(f"- mean {list(cfg['mean'])}, std {list(cfg['std'])} (after scaling pixels to [0, 1])")
+    if cfg.get("input_description"):  # a native backbone that does not read images (e.g. point clouds)
+        lines.append(f"- input: {cfg['input_description']}")
+    else:
+        c, *size = cfg["input_size"]
+        unit = "voxels" if len(size) == 3 else "px"
+        lines.append(
+            f"- input: {c} channel(s), {' x '.join(map(str, size))} {unit}, resized {cfg['interpolation']}, no crop"
+        )
+        lines.append(f"- mean {list(cfg['mean'])}, std {list(cfg['std'])} (after scaling pixels to [0, 1])")
     for key, value in (config.get("domainfm") or {}).items():
         lines.append(f"- {key}: {value}")
     lines += [
         "",
         "## Use",
         "",
-        *(_USE_3D if len(size) == 3 else _USE_2D),
+        *(_USE_NATIVE if config.get("model_class") else _USE_2D),
         "",
         f"Licence: {license_} (set `preprocess.license=` in the recipe to declare the licence of your weights).",
         "",

@@ -114,7 +114,7 @@ def fingerprint(model: nn.Module, preprocess: Preprocess, extra: Any = None) -> 
     h = hashlib.sha1(json.dumps([preprocess.to_dict(), extra], sort_keys=True).encode())
     for name, t in model.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d buffers too
     return h.hexdigest()
 
 

@@ -8,6 +8,11 @@ fits it (tolerance 1e-6, tighter than its default, so that large ``C`` converge)
 here a small grid of ``C`` (default ``1e-3 ... 1e2``) is searched on the validation split (balanced accuracy,
 ties to the smaller ``C``). Small problems run on one CPU thread (threads only add synchronisation there).
 
+``svm_probe``: a linear SVM (scikit-learn ``LinearSVC``, squared hinge, one-vs-rest), the point-cloud papers'
+protocol on frozen global features (Point-BERT / Point-MAE / I2P-MAE on ModelNet40; their code uses ``LinearSVC()``
+at ``C = 1``); ``C`` is chosen on the validation split here (balanced accuracy, ties to the smaller ``C``), never on
+test. Scores for AUROC are the softmax of the decision values.
+
 ``linear_grid``: DINOv2's linear evaluation (``dinov2/eval/linear.py``): many linear heads trained in one pass
 over the same feature batches, one per (pooling x learning rate) with poolings ``cls``, ``mean``
 (average of the patch tokens) and ``cls+mean``; learning rates ``1e-5 ... 0.1`` scaled by ``batch / 256``;
@@ -153,6 +158,45 @@ def logistic_probe(
     best, best_score, table = None, -np.inf, {}
     for C in Cs:
         model = fit_logistic(*train, n_classes, C=C, max_iter=max_iter, device=device, solver=solver)
+        score = float(scores(val[1], model.predict_proba(val[0]))[select])
+        table[float(C)] = score
+        if score > best_score:
+            best, best_score = (C, model), score
+    return best[1], {"C": float(best[0]), "select": select, "val": table}
+
+
+class SVMModel:
+    """A fitted ``LinearSVC`` whose ``predict_proba`` is the softmax of its decision values (``(N, K)``)."""
+
+    def __init__(self, svc, n_classes: int):
+        self.svc, self.n_classes = svc, n_classes
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        d = self.svc.decision_function(np.asarray(x, dtype=np.float64))
+        d = np.stack([-d, d], axis=1) / 2 if d.ndim == 1 else d
+        scores = np.zeros((len(d), self.n_classes))
+        scores[:, self.svc.classes_] = d
+        scores[:, np.setdiff1d(np.arange(self.n_classes), self.svc.classes_)] = -np.inf
+        e = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def svm_probe(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    n_classes: int,
+    Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0),
+    max_iter: int = 10000,
+    select: str = "balanced_accuracy",
+) -> tuple[SVMModel, dict]:
+    """``LinearSVC(C)`` per ``C`` on ``train`` (squared hinge, L2, one-vs-rest, its defaults otherwise); the best
+    on ``val`` by ``select``. Returns the model and ``{"C": best, "val": {C: score}}``."""
+    from sklearn.svm import LinearSVC
+
+    best, best_score, table = None, -np.inf, {}
+    for C in Cs:
+        svc = LinearSVC(C=float(C), max_iter=max_iter).fit(np.asarray(train[0], np.float64), np.asarray(train[1]))
+        model = SVMModel(svc, n_classes)
         score = float(scores(val[1], model.predict_proba(val[0]))[select])
         table[float(C)] = score
         if score > best_score:

@@ -1,5 +1,6 @@
 """The frozen-backbone protocols of ``domainfm evaluate`` on extracted features: ``knn``, ``linear`` (logistic
-probe + DINOv2 grid of SGD heads), ``fewshot`` (SimpleShot) and ``abmil`` (bags = groups)."""
+probe + DINOv2 grid of SGD heads), ``svm`` (linear SVM, the point-cloud protocol), ``fewshot`` (SimpleShot) and
+``abmil`` (bags = groups)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from domainfm.evaluation.datasets import LabeledSet
 from domainfm.evaluation.features import Features
 from domainfm.evaluation.fewshot import fewshot
 from domainfm.evaluation.knn import knn_predict
-from domainfm.evaluation.linear import head_name, linear_grid, logistic_probe
+from domainfm.evaluation.linear import head_name, linear_grid, logistic_probe, svm_probe
 from domainfm.evaluation.results import ProtocolResult
 
-PROTOCOLS = ("knn", "linear", "fewshot", "abmil", "zeroshot", "retrieval")  # the last two: CLIP exports
+PROTOCOLS = ("knn", "linear", "svm", "fewshot", "abmil", "zeroshot", "retrieval")  # the last two: CLIP exports
 
 
 def check_protocols(names: list[str]) -> list[str]:
@@ -89,6 +90,10 @@ def run_protocols(
                 )
                 probs = heads.predict_proba(features.pooled("both")[te])[best]
                 add("linear grid", te, probs, {"selected": head_name(*heads.keys[best]), **info})
+        elif protocol == "svm":
+            c = cfg["svm"]
+            model, info = svm_probe((x[tr], y[tr]), (x[va], y[va]), k, Cs=list(c["Cs"]), max_iter=int(c["max_iter"]))
+            add("svm", te, model.predict_proba(x[te]), {"selected": f"C={info['C']:g}", **info})
         elif protocol == "fewshot":
             c = cfg["fewshot"]
             per_k, skipped = fewshot(

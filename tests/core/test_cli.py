@@ -20,9 +20,9 @@ def test_recipes_are_grouped_by_domain_with_descriptions(tmp_path):
     assert medical and all(ln.strip().startswith("medical/") for ln in medical if ln.strip())
     pathology = lines[lines.index("pathology") + 1 : lines.index("remote_sensing")]
     assert pathology and all(ln.strip().startswith("pathology/") for ln in pathology if ln.strip())
-    assert all(
-        ln.strip().startswith("remote_sensing/") for ln in lines[lines.index("remote_sensing") + 1 :] if ln.strip()
-    )
+    remote = lines[lines.index("remote_sensing") + 1 : lines.index("three_d")]
+    assert remote and all(ln.strip().startswith("remote_sensing/") for ln in remote if ln.strip())
+    assert all(ln.strip().startswith("three_d/") for ln in lines[lines.index("three_d") + 1 :] if ln.strip())
     only = run_cli(["recipes", "domain=pathology"], tmp_path)
     assert only.stdout.splitlines()[0] == "pathology" and "core/" not in only.stdout
 

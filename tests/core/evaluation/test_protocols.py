@@ -67,5 +67,45 @@ def test_abmil_without_groups_and_unknown_protocols_fail_with_the_fix(tmp_path, 
     with pytest.raises(ConfigError, match="protocol=abmil needs bags: add a group column"):
         run_protocols(feats, replace(data, groups=None), ["abmil"], SETTINGS, tmp_path)
     assert check_protocols(["all"]) == ["knn", "linear", "fewshot"]
-    with pytest.raises(ConfigError, match="protocol='probe' is unknown; choose from knn, linear, fewshot, abmil"):
+    with pytest.raises(ConfigError, match="protocol='probe' is unknown; choose from knn, linear, svm, fewshot"):
         check_protocols(["probe"])
+
+
+def test_svm_probe_is_linear_svc_with_c_chosen_on_validation():
+    """Synthetic separable-with-noise features: the probe equals scikit-learn's LinearSVC at the C the validation
+    split picks, its scores are a softmax of the decision values, and test never decides C."""
+    from domainfm.evaluation.linear import svm_probe
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 2
+    y = rng.integers(0, 3, 300)
+    x = centres[y] + rng.normal(size=(300, 8)) * 1.5
+    tr, va = slice(0, 200), slice(200, 300)
+    model, info = svm_probe((x[tr], y[tr]), (x[va], y[va]), 3, Cs=[1e-4, 1e-2, 1.0])
+    expected = {}
+    for C in (1e-4, 1e-2, 1.0):
+        svc = LinearSVC(C=C, max_iter=10000).fit(x[tr], y[tr])
+        expected[C] = balanced_accuracy_score(y[va], svc.predict(x[va]))
+    assert info["val"] == pytest.approx(expected)
+    assert info["C"] == max(expected, key=lambda c: (expected[c], -c))
+    probs = model.predict_proba(x[va])
+    reference = LinearSVC(C=info["C"], max_iter=10000).fit(x[tr], y[tr])
+    assert np.allclose(probs.sum(1), 1) and (probs.argmax(1) == reference.predict(x[va])).all()
+    d = reference.decision_function(x[va][:1])[0]
+    assert np.allclose(probs[0], np.exp(d - d.max()) / np.exp(d - d.max()).sum())
+    binary, _ = svm_probe((x[tr], (y[tr] > 0).astype(int)), (x[va], (y[va] > 0).astype(int)), 2, Cs=[1.0])
+    assert binary.predict_proba(x[va]).shape == (100, 2)
+    from pathlib import Path
+
+    from domainfm.evaluation.datasets import LabeledSet
+    from domainfm.evaluation.features import Features
+
+    ids = [str(i) for i in range(300)]
+    splits = np.array(["train"] * 200 + ["val"] * 50 + ["test"] * 50, dtype=object)
+    data = LabeledSet([Path(i) for i in ids], ids, y, ["a", "b", "c"], None, splits, source="synthetic")
+    feats = Features(x.astype(np.float32), y, ids, "mean", 8, ["a", "b", "c"], np.ones(300, bool), [])
+    settings = {**SETTINGS, "svm": {"Cs": [0.01, 1.0], "max_iter": 10000}}
+    results = run_protocols(feats, data, ["svm"], settings, "/tmp")
+    assert results[0].protocol == "svm" and results[0].details["selected"].startswith("C=")
