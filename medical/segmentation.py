@@ -22,7 +22,6 @@ Labeled cases are small sets (a few dozen studies): every split's volumes are de
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import warnings
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from domainfm.errors import DataError
-from domainfm.evaluation.datasets import LabeledSet
+from domainfm.evaluation.datasets import LabeledSet, read_table
 from domainfm.evaluation.finetune import layer_decay_groups, set_drop_path
 from domainfm.evaluation.metrics import bootstrap_indices
 from domainfm.medical.intensity import Intensity
@@ -54,16 +53,7 @@ def read_segmentation_csv(path: str | Path, root: str | Path | None = None) -> t
     """``image,label[,split][,group]`` rows -> a :class:`LabeledSet` of the images (one pseudo-class, so the core's
     grouped splits apply: a patient's studies stay in one split) and the label map file of each image id."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data.csv={path} does not exist")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-    if not {"image", "label"} <= set(columns):
-        raise DataError(f"{path}: task=segmentation needs columns image,label[,split][,group]; found {columns}")
-    if not rows:
-        raise DataError(f"{path} has a header but no rows")
+    columns, rows = read_table(path, ("image", "label"), "task=segmentation needs columns image,label[,split][,group]")
     base = Path(root) if root else path.parent
     for i, r in enumerate(rows):
         for key in ("image", "label"):

@@ -14,10 +14,11 @@ encoder) is written in the same layout with its ``architecture`` and ``model_cla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,31 +76,41 @@ def export_backbone(
     extra = {k: v for k, v in preprocess.items() if k not in _CORE_KEYS}
     source_cfg = getattr(backbone, "pretrained_cfg", {}) or {}
     clean = {k: source_cfg[k] for k in _STRUCTURAL if k in source_cfg}
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     backbone.pretrained_cfg = {**clean, **ours}  # no provenance or domain keys of loaded weights leak into the file
     try:
-        timm.models.save_for_hf(
-            backbone,
-            str(tmp),
-            model_config={"pretrained_cfg": ours},
-            data_config=dict(data_cfg),
-            safe_serialization=True,
-        )
-        config = json.loads((tmp / "config.json").read_text())
-        if extra:  # top level: timm's PretrainedCfg accepts no unknown keys, and ignores unknown top-level ones
-            config["domainfm"] = extra
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        (tmp / "README.md").write_text(model_card(config, preprocess, card or {}))
+        with _staged(out_dir, extra_files) as tmp:
+            timm.models.save_for_hf(
+                backbone,
+                str(tmp),
+                model_config={"pretrained_cfg": ours},
+                data_config=dict(data_cfg),
+                safe_serialization=True,
+            )
+            config = json.loads((tmp / "config.json").read_text())
+            if extra:  # top level: timm's PretrainedCfg accepts no unknown keys, and ignores unknown top-level ones
+                config["domainfm"] = extra
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            (tmp / "README.md").write_text(model_card(config, preprocess, card or {}))
+    finally:
+        backbone.pretrained_cfg = source_cfg
+    return out_dir
+
+
+@contextlib.contextmanager
+def _staged(out_dir: Path, extra_files: Callable[[Path], None] | None) -> Iterator[Path]:
+    """A temporary sibling folder to write the export into; with ``extra_files`` written, it replaces
+    ``out_dir`` in one rename (a killed export leaves the previous one whole)."""
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
+    try:
+        yield tmp
         if extra_files is not None:
             extra_files(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     finally:
-        backbone.pretrained_cfg = source_cfg
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
 
 
 _USE_2D = [
@@ -140,20 +151,11 @@ def _export_native_backbone(backbone, out_dir: Path, preprocess, tag: str, card,
     extra = {k: v for k, v in preprocess.items() if k not in _CORE_KEYS}
     if extra:
         config["domainfm"] = extra
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
-    try:
+    with _staged(out_dir, extra_files) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "README.md").write_text(model_card(config, preprocess, card))
-        if extra_files is not None:
-            extra_files(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

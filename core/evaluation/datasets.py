@@ -93,17 +93,25 @@ def load_labeled(
     return LabeledSet(files, [r.as_posix() for r in rel], labels, classes, source=f"data.root={root}")
 
 
-def _read_csv(path: Path, root: Path | None, folders: bool = False) -> LabeledSet:
+def read_table(path: str | Path, required: tuple[str, ...], need: str) -> tuple[list[str], list[dict[str, str]]]:
+    """A labeled-data CSV's ``(columns, rows)`` (names and values stripped); one line naming the file when it is
+    missing, lacks one of ``required`` (``need`` says what it must have) or has no rows."""
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"data.csv={path} does not exist")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
         rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-    if not {"path", "label"} <= set(columns):
-        raise DataError(f"{path}: needs a header with columns path,label[,split][,group]; found {columns}")
+    if not set(required) <= set(columns):
+        raise DataError(f"{path}: {need}; found {columns}")
     if not rows:
         raise DataError(f"{path} has a header but no rows")
+    return columns, rows
+
+
+def _read_csv(path: Path, root: Path | None, folders: bool = False) -> LabeledSet:
+    columns, rows = read_table(path, ("path", "label"), "needs a header with columns path,label[,split][,group]")
     base = root or path.parent
     paths = [base / r["path"] for r in rows]
     missing = [(i, p) for i, p in enumerate(paths) if not (p.exists() if folders else p.is_file())]
