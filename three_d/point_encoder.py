@@ -9,9 +9,11 @@ every block (``x = block(x + pos)``); pre-norm blocks with ``qkv_bias=False``, M
 truncated normal (std 0.02, bias 0), LayerNorm (1, 0). Defaults are Point-MAE's (``cfgs/pretrain.yaml``: 64 groups
 of 32, 384 wide, 12 deep, 6 heads, drop path 0.1).
 
-``forward_features`` gives the patch tokens ``(B, G, D)`` (no class token: Point-MAE pretrains without one);
-``forward`` the global feature ``[max | mean]`` over them ``(B, 2D)``, the pooled feature of the ModelNet linear
-SVM protocol of the follow-up papers (Point-MAE's released code has no working SVM path)."""
+``encode`` gives the patch tokens ``(B, G, D)`` (Point-MAE pretrains without a class token).
+``forward_features`` prepends their max as the prefix token ``(B, 1 + G, D)``, so the core's poolings read it:
+``cls`` = the max, ``mean`` = the mean of the patch tokens, ``both`` = ``[max | mean]``, the feature of the
+ModelNet linear-SVM protocol of the follow-up papers (Point-MAE's released code has no working SVM path; its
+finetuning head reads ``[learned cls | max]``: ours has no learned class token). ``forward`` is ``[max | mean]``."""
 
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ class PointTransformer(nn.Module):
                            num_heads=num_heads, mlp_ratio=mlp_ratio)  # fmt: skip
         self.num_group, self.group_size = int(num_group), int(group_size)
         self.embed_dim = self.num_features = int(embed_dim)
-        self.num_prefix_tokens = 0
+        self.num_prefix_tokens = 1  # the max over the patch tokens (see forward_features)
         self.pretrained_cfg: dict = {}
         self.domainfm_weights = None
         self.patch_embed = MiniPointNet(embed_dim)
@@ -99,11 +101,12 @@ class PointTransformer(nn.Module):
         return self.norm(x)
 
     def forward_features(self, points: torch.Tensor) -> torch.Tensor:
-        return self.encode(*self.group(points))
+        tokens = self.encode(*self.group(points))
+        return torch.cat([tokens.max(dim=1, keepdim=True).values, tokens], dim=1)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         tokens = self.forward_features(points)
-        return torch.cat([tokens.max(dim=1).values, tokens.mean(dim=1)], dim=-1)
+        return torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1)
 
     def export_config(self, preprocess: dict) -> tuple[dict, dict]:
         n = int(preprocess.get("n_points") or 1024)

@@ -93,7 +93,7 @@ class PointMAE(Method):
         return batch.get("points")
 
     def embed(self, points: torch.Tensor) -> torch.Tensor:
-        return self.encoder.forward_features(points).mean(dim=1)
+        return self.encoder.encode(*self.encoder.group(points)).mean(dim=1)
 
 
 def _xavier(m: nn.Module) -> None:

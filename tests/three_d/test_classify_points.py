@@ -1,4 +1,4 @@
-"""`domainfm evaluate data.points=` on real ModelNet10 voxel shapes (a few chairs and monitors as class folders)
+"""`domainfm evaluate|finetune data.points=` on real ModelNet10 voxel shapes (chairs and monitors as class folders)
 with a small random point encoder exported here: the ModelNet SVM protocol through the core, the [max | mean]
 pooling, fixed evaluation points, and one-line errors. Whether Point-MAE learns is not asked here."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from domainfm.engine.export import export_backbone
 from domainfm.errors import DataError
-from domainfm.three_d.commands.evaluate_points import LabeledClouds, MaxAsClassToken, labeled_clouds
+from domainfm.three_d.commands.classify_points import LabeledClouds, labeled_clouds
 from domainfm.three_d.point_encoder import PointTransformer
 
 from tests.conftest import SHARED_DATA, compose
@@ -34,13 +34,16 @@ def encoder_export(tmp_path_factory):
     return export_backbone(enc.eval(), tmp_path_factory.mktemp("enc") / "export", {"n_points": 128}, tag="t")
 
 
-def test_max_as_class_token_pools_max_and_mean():
+def test_the_prefix_token_is_the_max_so_core_poolings_read_max_and_mean():
+    from domainfm.evaluation.features import pool_tokens
+
     enc = PointTransformer(num_group=8, group_size=4, embed_dim=16, depth=1, num_heads=2).eval()
     points = torch.randn(2, 64, 3)
-    tokens = enc.forward_features(points)
-    wrapped = MaxAsClassToken(enc).forward_features(points)
-    assert torch.allclose(wrapped[:, 0], tokens.max(dim=1).values) and torch.allclose(wrapped[:, 1:], tokens)
-    assert torch.allclose(enc(points), torch.cat([tokens.max(1).values, tokens.mean(1)], -1))
+    tokens = enc.encode(*enc.group(points))
+    seen = enc.forward_features(points)
+    assert torch.allclose(seen[:, 0], tokens.max(dim=1).values) and torch.allclose(seen[:, 1:], tokens)
+    both = torch.cat([tokens.max(1).values, tokens.mean(1)], -1)
+    assert torch.allclose(enc(points), both) and torch.allclose(pool_tokens(seen, 1, "both"), both)
 
 
 def test_labeled_class_folders_give_fixed_evaluation_clouds(classes):
@@ -81,3 +84,31 @@ def _one_class(classes, tmp_path):
     only.mkdir()
     (only / "chair").symlink_to(classes / "chair")
     return only
+
+
+def test_finetune_trains_on_point_maes_views_and_exports_the_encoder(classes, encoder_export, tmp_path):
+    from domainfm.backbones.loading import load_backbone
+    from domainfm.commands import finetune
+    from safetensors.torch import load_file
+
+    data, members = labeled_clouds(classes)
+    train = LabeledClouds(members, data.labels, data.ids, 128, train=True)
+    torch.manual_seed(3)
+    a = train[0]["image"]
+    torch.manual_seed(3)
+    assert torch.equal(a, train[0]["image"]) and not torch.equal(
+        a, LabeledClouds(members, data.labels, data.ids, 128)[0]["image"]
+    )
+    cfg = compose("finetune", [f"data.points={classes}", f"backbone={encoder_export}", f"run_dir={tmp_path}",
+                               "trainer.max_steps=3", "trainer.eval_every=3", "trainer.checkpoint_every=3",
+                               "data.batch_size=8", "finetune.pooling=both", "report.plots=false",
+                               "trainer.progress=false"])  # fmt: skip
+    ((result,),) = finetune.run(cfg).values()
+    assert result["protocol"] == "finetune" and result["n"] > 0
+    tuned = load_backbone(tmp_path / "export")
+    assert isinstance(tuned, PointTransformer)
+    before, after = (
+        load_file(str(encoder_export / "model.safetensors")),
+        load_file(str(tmp_path / "export" / "model.safetensors")),
+    )
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
