@@ -193,6 +193,34 @@ def test_finetune_task_segmentation_end_to_end_on_real_volumes(hippo_csv, tmp_pa
     assert splits[0] == "image,label,split,group" and splits[1].startswith("imagesTr/") and ",labelsTr/" in splits[1]
 
 
+def test_a_2d_encoder_segments_real_volumes_slice_by_slice(hippo_csv, tmp_path):
+    """A 2D ViT (as medical/dinov2_slices exports) under the 2D UNETR: axial crops in training, every test volume
+    predicted slice by slice on its own grid, Dice / HD95 per class, the 2D export kept loadable by timm."""
+    from domainfm.backbones.vit import create_vit
+
+    csv_path, root = hippo_csv
+    torch.manual_seed(0)
+    vit = create_vit("vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=1, depth=2)
+    pre = {"img_size": 32, "in_chans": 1, "mean": [0.0], "std": [1.0], "modality": ["MR"]}
+    weights = export_backbone(vit, tmp_path / "slices" / "export", pre)
+    run = tmp_path / "seg2d"
+    results = _finetune([
+        "task=segmentation", f"data.csv={csv_path}", f"data.root={root}", f"backbone={weights}", f"run_dir={run}",
+        "trainer.max_steps=2", "trainer.eval_every=2", "trainer.checkpoint_every=2", "data.num_workers=0",
+        "trainer.progress=false", "trainer.tensorboard=false", "segmentation.batch_size=4",
+        "segmentation.feature_size=4", "metrics.bootstrap=20",
+    ])  # fmt: skip
+    scores = results["slices"]
+    assert scores["cases"] == 2 and set(scores["dice"]) == {"label_1", "label_2"}
+    assert json.loads((run / "export" / "segmenter.json").read_text())["roi"] == [32, 32]
+    saved = json.loads((run / "results.json").read_text())
+    name = saved["per_case"][0]["id"]
+    written = nib.load(str(run / "predictions" / (name.replace("/", "_")[: -len(".nii.gz")] + ".nii.gz")))
+    image = nib.as_closest_canonical(nib.load(str(root / name)))
+    assert written.shape == image.shape and set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
+    assert json.loads((run / "export" / "config.json").read_text())["pretrained_cfg"]["input_size"] == [1, 32, 32]
+
+
 def test_segmentation_data_errors_name_the_file_and_the_fix(hippo_csv, shared_data, tmp_path):
     csv_path, root = hippo_csv
     base = ["task=segmentation", f"run_dir={tmp_path / 'r'}", "backbone=unused"]
