@@ -11,6 +11,8 @@ What the published codebases take from CUDA extensions, and how ours matches the
 - ``chamfer_l2`` / ``chamfer_l1``: Point-MAE's ``extensions/chamfer_dist``: with ``d1`` / ``d2`` the squared
   distance from each point of one set to its nearest point of the other, ``ChamferDistanceL2 = mean(d1) +
   mean(d2)`` and ``ChamferDistanceL1 = (mean(sqrt d1) + mean(sqrt d2)) / 2``, means over all points of the batch.
+  Squared distances as ``|a|^2 + |b|^2 - 2 a.b`` (one batched matmul, clamped at 0): the direct form up to float
+  rounding (~1e-7 in float32), 6.6x faster on the CPU (``benchmarks/point_grouping.py``).
 """
 
 from __future__ import annotations
