@@ -6,10 +6,13 @@ Per sample (the sample's seeded RNG, so a resumed run sees the same clouds and m
 (``sampling``: ``random`` as Point-MAE's ShapeNet loader, or ``fps``), centred and scaled into the unit sphere
 (``pc_norm``), then ``PointcloudScaleAndTranslate`` when ``augment``: per axis a scale ``U(scale)`` (2/3..3/2) and
 a shift ``U(-translate, translate)`` (0.2); ``rotate`` adds a random rotation about the up axis (ours, off by
-default). With ``mask_group`` the Point-MAE mask (``mask_ratio`` of ``mask_group`` patches) is drawn too."""
+default). Each worker keeps its last ``cache_clouds`` decoded files (a mesh's surface sample is seeded, so the
+cache changes nothing but the speed). With ``mask_group`` the Point-MAE mask (``mask_ratio`` of ``mask_group``
+patches) is drawn too."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,7 @@ class PointClouds(Dataset):
         mask_group: int | None = None,
         mask_ratio: float = 0.6,
         surface_points: int = 8192,
+        cache_clouds: int = 4096,
     ):
         if sampling not in ("random", "fps"):
             raise DataError(f"sampling={sampling!r}; choose random or fps")
@@ -59,6 +63,8 @@ class PointClouds(Dataset):
         self.scale, self.translate, self.rotate = tuple(float(s) for s in scale), float(translate), bool(rotate)
         self.mask_group, self.mask_ratio, self.surface_points = mask_group, float(mask_ratio), int(surface_points)
         self.items: list[tuple[Path, int | None]] = []
+        self._read: OrderedDict[int, np.ndarray] = OrderedDict()  # the worker's last decoded files
+        self.cache_clouds = int(cache_clouds)
         self._shapes: dict[Path, list[np.ndarray]] = {}
         for path, _ in list_clouds(root):
             if _suffix(path) in (".npy", ".npz") and self._many(path):
@@ -93,7 +99,14 @@ class PointClouds(Dataset):
         """The raw cloud ``(N, 3)`` of sample ``index``."""
         path, i = self.items[index]
         if i is None:
-            return read_points(path, self.surface_points).xyz
+            if index in self._read:
+                self._read.move_to_end(index)
+                return self._read[index]
+            xyz = read_points(path, self.surface_points).xyz  # meshes are sampled with a fixed seed: cacheable
+            self._read[index] = xyz
+            while len(self._read) > self.cache_clouds:
+                self._read.popitem(last=False)
+            return xyz
         xyz = self._shapes[path][i]
         if len(xyz) == 0:
             raise DataError(f"{path}[{i}]: the shape is empty (no occupied voxels / points)")

@@ -25,15 +25,17 @@ from torch import nn
 
 
 class MiniPointNet(nn.Module):
-    """Point-MAE's ``Encoder``: ``(B, G, K, 3)`` patches -> ``(B, G, D)`` tokens."""
+    """Point-MAE's ``Encoder``: ``(B, G, K, 3)`` patches -> ``(B, G, D)`` tokens; ``widths`` ``(128, 256, 512)`` are
+    the official hidden widths (``3 -> w0 -> w1``, max-pool, concat, ``2 w1 -> w2 -> D``)."""
 
-    def __init__(self, embed_dim: int = 384):
+    def __init__(self, embed_dim: int = 384, widths: tuple[int, int, int] = (128, 256, 512)):
         super().__init__()
+        w0, w1, w2 = (int(w) for w in widths)
         self.first_conv = nn.Sequential(
-            nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
+            nn.Conv1d(3, w0, 1), nn.BatchNorm1d(w0), nn.ReLU(inplace=True), nn.Conv1d(w0, w1, 1)
         )
         self.second_conv = nn.Sequential(
-            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, embed_dim, 1)
+            nn.Conv1d(2 * w1, w2, 1), nn.BatchNorm1d(w2), nn.ReLU(inplace=True), nn.Conv1d(w2, embed_dim, 1)
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
@@ -68,16 +70,17 @@ class PointTransformer(nn.Module):
         num_heads: int = 6,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.1,
+        pointnet_widths: tuple[int, int, int] | list[int] = (128, 256, 512),
     ):
         super().__init__()
         self.config = dict(num_group=num_group, group_size=group_size, embed_dim=embed_dim, depth=depth,
-                           num_heads=num_heads, mlp_ratio=mlp_ratio)  # fmt: skip
+                           num_heads=num_heads, mlp_ratio=mlp_ratio, pointnet_widths=list(pointnet_widths))  # fmt: skip
         self.num_group, self.group_size = int(num_group), int(group_size)
         self.embed_dim = self.num_features = int(embed_dim)
         self.num_prefix_tokens = 1  # the max over the patch tokens (see forward_features)
         self.pretrained_cfg: dict = {}
         self.domainfm_weights = None
-        self.patch_embed = MiniPointNet(embed_dim)
+        self.patch_embed = MiniPointNet(embed_dim, tuple(pointnet_widths))
         self.pos_embed = position_mlp(embed_dim)
         self.blocks = blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate)
         self.norm = nn.LayerNorm(embed_dim)
@@ -143,14 +146,14 @@ def init_weights(m: nn.Module) -> None:
 
 
 def create_point_transformer(name: str = "point_mae", weights: str | None = None, **kwargs) -> PointTransformer:
-    """``point_mae`` (Point-MAE's 384 x 12) or ``point_mae_tiny`` (ours: 192 x 4, 32 groups of 16, for CPU), or an
-    export (``weights=``)."""
+    """``point_mae`` (Point-MAE's 384 x 12) or ``point_mae_tiny`` (ours: 192 x 4, 32 groups of 16, mini-PointNet
+    widths 32 / 64 / 128, for CPU), or an export (``weights=``)."""
     if weights:
         from domainfm.backbones.loading import load_backbone
 
         return load_backbone(weights)
     sizes = {"point_mae": {}, "point_mae_tiny": {"embed_dim": 192, "depth": 4, "num_heads": 3, "num_group": 32,
-                                                 "group_size": 16}}  # fmt: skip
+                                                 "group_size": 16, "pointnet_widths": (32, 64, 128)}}  # fmt: skip
     if name not in sizes:
         raise ValueError(f"unknown point transformer {name!r}; choose {', '.join(sizes)}")
     return PointTransformer(**{**sizes[name], **kwargs})

@@ -1,9 +1,10 @@
 """Point clouds from files: :func:`read_points` -> :class:`PointCloud` (``xyz (N, 3)`` float32 and per-point
 features), and the preparation Point-MAE applies before grouping.
 
-Readers (libraries, not hand-written parsers): ``.ply`` with plyfile (vertices and their properties; a mesh's faces
-are ignored unless ``surface_points``), ``.obj`` / ``.off`` / ``.stl`` meshes with trimesh (points sampled
-uniformly on the surface, seeded, as ModelNet / ShapeNet point sets are made; or the vertices), ``.las`` / ``.laz``
+Readers (libraries, not hand-written parsers): ``.ply`` with plyfile (vertices and their properties), ``.obj`` /
+``.off`` / ``.stl`` with trimesh; any file with faces (a mesh, PLY included) gives ``surface_points`` points sampled
+uniformly on its surface (trimesh, seeded: as ModelNet / ShapeNet point sets are made), ``surface_points=0`` its
+vertices with their properties; ``.las`` / ``.laz``
 with laspy (LAZ through lazrs; coordinates scaled and offset, ``intensity``, ``classification``, ``rgb`` kept),
 ``.npy`` / ``.npz`` / ``.txt`` / ``.xyz`` arrays (``N x 3+``: columns after xyz kept as ``extra``; ModelNet40's
 resampled ``.txt`` has normals there), and occupancy voxel grids (``D x H x W`` arrays, e.g. ModelNet10 voxelised:
@@ -43,7 +44,8 @@ def _suffix(path: Path) -> str:
 
 
 def read_points(path: str | Path, surface_points: int = 8192, seed: int = 0) -> PointCloud:
-    """The point cloud of ``path`` (see the module docstring); meshes give ``surface_points`` surface samples."""
+    """The point cloud of ``path`` (see the module docstring); meshes give ``surface_points`` surface samples (0:
+    their vertices)."""
     path = Path(path)
     suffix = _suffix(path)
     if suffix not in SUFFIXES:
@@ -62,7 +64,10 @@ def _read(path: Path, suffix: str, surface_points: int, seed: int) -> PointCloud
     if suffix == ".ply":
         from plyfile import PlyData
 
-        vertex = PlyData.read(str(path))["vertex"].data
+        ply = PlyData.read(str(path))
+        if surface_points and "face" in ply and len(ply["face"].data):
+            return _surface(path, surface_points, seed)
+        vertex = ply["vertex"].data
         names = vertex.dtype.names
         xyz = np.stack([vertex[a] for a in ("x", "y", "z")], axis=1).astype(np.float32)
         features = {}
@@ -85,13 +90,7 @@ def _read(path: Path, suffix: str, surface_points: int, seed: int) -> PointCloud
             features["rgb"] = np.stack([np.asarray(las[c]) for c in ("red", "green", "blue")], axis=1)
         return PointCloud(xyz, features)
     if suffix in MESHES:
-        import trimesh
-
-        mesh = trimesh.load(str(path), force="mesh", process=False)
-        if len(mesh.faces) == 0:
-            return PointCloud(np.asarray(mesh.vertices, np.float32))
-        points, _ = trimesh.sample.sample_surface(mesh, surface_points, seed=seed)
-        return PointCloud(np.asarray(points, np.float32))
+        return _surface(path, surface_points, seed)
     array = _load_array(path, suffix)
     if array.ndim == 3:
         return PointCloud(voxel_surface_points(array))
@@ -99,6 +98,18 @@ def _read(path: Path, suffix: str, surface_points: int, seed: int) -> PointCloud
         raise DataError(f"{path}: array of shape {array.shape}; a point cloud is N x 3+ (or a D x H x W voxel grid)")
     extra = {"extra": array[:, 3:].astype(np.float32)} if array.shape[1] > 3 else {}
     return PointCloud(array[:, :3].astype(np.float32), extra)
+
+
+def _surface(path: Path, n: int, seed: int) -> PointCloud:
+    """``n`` points uniformly on the surface of the mesh in ``path`` (its vertices when ``n`` is 0 or it has no
+    faces)."""
+    import trimesh
+
+    mesh = trimesh.load(str(path), force="mesh", process=False)
+    if not n or len(mesh.faces) == 0:
+        return PointCloud(np.asarray(mesh.vertices, np.float32))
+    points, _ = trimesh.sample.sample_surface(mesh, n, seed=seed)
+    return PointCloud(np.asarray(points, np.float32))
 
 
 def _load_array(path: Path, suffix: str) -> np.ndarray:

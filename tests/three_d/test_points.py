@@ -21,9 +21,13 @@ def test_real_ply_and_las_files_read_with_their_features():
     import laspy
     import trimesh
 
-    bunny = read_points(THREE_D / "pcu_bunny.ply")
+    bunny = read_points(THREE_D / "pcu_bunny.ply", surface_points=0)  # the scan's vertices
     mesh = trimesh.load(THREE_D / "pcu_bunny.ply", process=False)  # an independent reader of the same vertices
     assert bunny.xyz.shape == (2885, 3) and np.allclose(bunny.xyz, np.asarray(mesh.vertices), atol=1e-6)
+    surface = read_points(THREE_D / "pcu_bunny.ply", surface_points=4096).xyz  # it has faces: sampled on them
+    edge = mesh.edges_unique_length.max()  # a point on a face lies within one edge length of its vertices
+    nearest = np.sqrt(((surface[:500, None] - np.asarray(mesh.vertices)[None]) ** 2).sum(-1)).min(1)
+    assert surface.shape == (4096, 3) and nearest.max() <= edge
     tile = read_points(THREE_D / "laspy_simple.las")
     las = laspy.read(THREE_D / "laspy_simple.las")
     expected = np.stack([las.x, las.y, las.z], 1)
