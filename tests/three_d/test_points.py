@@ -36,6 +36,17 @@ def test_real_ply_and_las_files_read_with_their_features():
     assert np.array_equal(tile.features["classification"], np.asarray(las.classification))
 
 
+def test_laz_reads_through_the_declared_backend(tmp_path):
+    """The real LAS tile compressed to LAZ here (laspy writes it with lazrs, the extra's backend): the same points."""
+    import laspy
+
+    las = laspy.read(THREE_D / "laspy_simple.las")
+    las.write(tmp_path / "tile.laz")
+    assert (tmp_path / "tile.laz").stat().st_size < (THREE_D / "laspy_simple.las").stat().st_size
+    a, b = read_points(THREE_D / "laspy_simple.las"), read_points(tmp_path / "tile.laz")
+    assert np.array_equal(a.xyz, b.xyz) and np.array_equal(a.features["rgb"], b.features["rgb"])
+
+
 def test_meshes_arrays_and_voxels(tmp_path):
     import trimesh
 
