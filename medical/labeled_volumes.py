@@ -141,11 +141,10 @@ class LabeledVolumes(Dataset):
         return {"image": image, "label": int(self.labels[i]), "meta": {"id": self.ids[i]}}
 
 
-def check_3d(model: nn.Module, source: str) -> None:
-    """Volume-level classification needs a 3D backbone: one line saying what to do otherwise."""
-    from domainfm.medical.unetr import spatial_dims
-
-    if spatial_dims(model) != 3:
+def check_3d(preprocess, source: str) -> None:
+    """Volume-level classification needs a 3D backbone (``preprocess``: its
+    :class:`~domainfm.evaluation.features.Preprocess`): one line saying what to do otherwise."""
+    if len(preprocess.size) != 3:
         raise DataError(
             f"{source} is a 2D backbone; data.volumes needs a 3D one (e.g. recipe=medical/mae3d). For a 2D backbone "
             "write the slices as images and use data.csv=<path,label>"

@@ -31,15 +31,25 @@ from domainfm.three_d.points import (
 from torch.utils.data import Dataset
 
 
-def list_clouds(root: str | Path) -> list[tuple[Path, int | None]]:
-    """``(file, shape index or None)`` of every cloud under ``root`` (a folder, or one file)."""
+def list_clouds(root: str | Path) -> list[Path]:
+    """Every point-cloud file under ``root`` (a folder, or one file)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data.root={root} does not exist")
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and _suffix(p) in SUFFIXES)
     if not files:
         raise DataError(f"data.root={root}: no point cloud files ({', '.join(SUFFIXES)})")
-    return [(f, None) for f in files]
+    return files
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The array shape in a ``.npy`` (or ``.npy.gz``) header, without reading the data."""
+    import gzip
+
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        return tuple(read(f)[0])
 
 
 class PointClouds(Dataset):
@@ -66,15 +76,18 @@ class PointClouds(Dataset):
         self._read: OrderedDict[int, np.ndarray] = OrderedDict()  # the worker's last decoded files
         self.cache_clouds = int(cache_clouds)
         self._shapes: dict[Path, list[np.ndarray]] = {}
-        for path, _ in list_clouds(root):
+        for path in list_clouds(root):
             if _suffix(path) in (".npy", ".npz") and self._many(path):
                 self.items += [(path, i) for i in range(len(self._shapes[path]))]
             else:
                 self.items.append((path, None))
 
     def _many(self, path: Path) -> bool:
-        """An array of several shapes (``S x D x H x W`` grids or ``S x N x 3+`` sets) is read once, as points."""
+        """An array of several shapes (``S x D x H x W`` grids or ``S x N x 3+`` sets) is read once, as points; a
+        ``.npy`` of one cloud is told by its header alone (its points are read when drawn)."""
         try:
+            if _suffix(path) == ".npy" and len(_npy_shape(path)) < 3:
+                return False
             array = _load_array(path, _suffix(path))
         except Exception:
             return False  # unreadable: one item, skipped (and named) when drawn

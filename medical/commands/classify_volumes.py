@@ -48,8 +48,9 @@ def open_volumes(cfg: DictConfig, source: str) -> tuple[nn.Module, Preprocess, d
     if cfg.get("arch"):
         raise ConfigError("arch= names a timm architecture; data.volumes needs a domainfm 3D export or run")
     model, reading = open_for_config(cfg, source)
-    check_3d(model, source)
-    return model.eval(), Preprocess.of(model), reading
+    preprocess = Preprocess.of(model)
+    check_3d(preprocess, source)
+    return model.eval(), preprocess, reading
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
