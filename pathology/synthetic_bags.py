@@ -1,0 +1,75 @@
+"""Synthetic multistain bags with a planted slide-level label, for tests, the demo and the MADELEINE benchmark
+(no real multistain archive with slide labels ships with domainfm).
+
+Generative model (ours). Every tissue has a composition over ``n_types`` cell types (Dirichlet(1)); its label
+``y`` sets how the mass of the last two types is shared: type ``T-1`` holds ``0.7`` of it when ``y = 1``, ``0.3``
+when ``y = 0``. A patch of stain ``s`` and type ``k`` has the features ``mu[s, k] + offset[slide] + noise``:
+
+- H&E prototypes of the last two types differ only by ``he_gap`` (a subtle morphological difference), while the
+  first IHC stain (the "marker") separates them by a full prototype distance;
+- each slide carries a random offset of scale ``offset`` (scanner, staining batch: large, shared by all its
+  patches, independent across the stains of a tissue), and each patch Gaussian noise of scale ``noise``.
+
+What the stains of one tissue share is the composition (label included); the offsets are not shared. A slide
+embedding that matches H&E with IHC should keep the former and drop the latter, which mean pooling cannot.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+def make_multistain_bags(
+    out_dir: str | Path,
+    n_tissues: int = 60,
+    stains: tuple[str, ...] = ("HE", "MARKER", "IHC2"),
+    dim: int = 32,
+    patches: tuple[int, int] = (60, 120),
+    n_types: int = 6,
+    he_gap: float = 0.35,
+    offset: float = 1.5,
+    noise: float = 0.6,
+    missing: float = 0.1,
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """Write ``<out_dir>/features/<tissue>_<stain>.h5`` (dataset ``features``), ``multistain.csv``
+    (``slide_id,stain,path,patient``; each non-H&E stain missing with probability ``missing``) and ``labels.csv``
+    (``slide_id,label,group``: the H&E slide's label, one patient per tissue); returns the two CSV paths."""
+    rng = np.random.default_rng(seed)
+    out = Path(out_dir)
+    (out / "features").mkdir(parents=True, exist_ok=True)
+    unit = rng.normal(size=(len(stains), n_types, dim))
+    unit /= np.linalg.norm(unit, axis=-1, keepdims=True)
+    mu = 2.0 * unit
+    mu[0, -1] = mu[0, -2] + he_gap * unit[0, -1]  # H&E: the last two types almost alike
+    rows, labels = [], []
+    for t in range(n_tissues):
+        y = int(t % 2)
+        share = 0.7 if y else 0.3
+        comp = rng.dirichlet(np.ones(n_types))
+        pair = comp[-2:].sum()
+        comp[-2], comp[-1] = pair * (1 - share), pair * share
+        tissue = f"T{t:04d}"
+        for s, stain in enumerate(stains):
+            if s and rng.random() < missing:
+                continue
+            n = int(rng.integers(patches[0], patches[1] + 1))
+            types = rng.choice(n_types, size=n, p=comp)
+            shift = rng.normal(size=dim) * offset / np.sqrt(dim)  # norm ~ offset
+            x = mu[s, types] + shift[None] + rng.normal(size=(n, dim)) * noise
+            path = out / "features" / f"{tissue}_{stain}.h5"
+            with h5py.File(path, "w") as f:
+                f.create_dataset("features", data=x.astype(np.float32))
+                f.create_dataset("coords", data=np.stack([np.arange(n) * 256, np.zeros(n)], 1).astype(np.int64))
+            rows.append((tissue, stain, f"features/{path.name}", f"P{t:04d}"))
+        labels.append((tissue, "positive" if y else "negative", f"P{t:04d}"))
+    multistain, label_csv = out / "multistain.csv", out / "labels.csv"
+    with multistain.open("w", newline="") as f:
+        csv.writer(f).writerows([("slide_id", "stain", "path", "patient"), *rows])
+    with label_csv.open("w", newline="") as f:
+        csv.writer(f).writerows([("slide_id", "label", "group"), *labels])
+    return multistain, label_csv
