@@ -30,19 +30,24 @@ def make_multistain_bags(
     dim: int = 32,
     patches: tuple[int, int] = (60, 120),
     n_types: int = 6,
-    he_gap: float = 0.35,
+    he_gap: float = 1.0,
     offset: float = 1.5,
-    noise: float = 0.6,
+    noise: float = 0.5,
     missing: float = 0.1,
     seed: int = 0,
+    world_seed: int = 0,
+    prefix: str = "T",
 ) -> tuple[Path, Path]:
     """Write ``<out_dir>/features/<tissue>_<stain>.h5`` (dataset ``features``), ``multistain.csv``
     (``slide_id,stain,path,patient``; each non-H&E stain missing with probability ``missing``) and ``labels.csv``
-    (``slide_id,label,group``: the H&E slide's label, one patient per tissue); returns the two CSV paths."""
-    rng = np.random.default_rng(seed)
+    (``slide_id,label,group``: the H&E slide's label, one patient per tissue); returns the two CSV paths.
+    ``world_seed`` draws the prototypes (keep it to make more tissues of the same world, e.g. a labeled set beside a
+    pretraining set), ``seed`` the tissues; ``prefix`` starts the tissue ids."""
+    world = np.random.default_rng(world_seed)
+    rng = np.random.default_rng([world_seed, seed])
     out = Path(out_dir)
     (out / "features").mkdir(parents=True, exist_ok=True)
-    unit = rng.normal(size=(len(stains), n_types, dim))
+    unit = world.normal(size=(len(stains), n_types, dim))
     unit /= np.linalg.norm(unit, axis=-1, keepdims=True)
     mu = 2.0 * unit
     mu[0, -1] = mu[0, -2] + he_gap * unit[0, -1]  # H&E: the last two types almost alike
@@ -53,7 +58,7 @@ def make_multistain_bags(
         comp = rng.dirichlet(np.ones(n_types))
         pair = comp[-2:].sum()
         comp[-2], comp[-1] = pair * (1 - share), pair * share
-        tissue = f"T{t:04d}"
+        tissue = f"{prefix}{t:04d}"
         for s, stain in enumerate(stains):
             if s and rng.random() < missing:
                 continue
@@ -65,8 +70,8 @@ def make_multistain_bags(
             with h5py.File(path, "w") as f:
                 f.create_dataset("features", data=x.astype(np.float32))
                 f.create_dataset("coords", data=np.stack([np.arange(n) * 256, np.zeros(n)], 1).astype(np.int64))
-            rows.append((tissue, stain, f"features/{path.name}", f"P{t:04d}"))
-        labels.append((tissue, "positive" if y else "negative", f"P{t:04d}"))
+            rows.append((tissue, stain, f"features/{path.name}", f"{prefix}P{t:04d}"))
+        labels.append((tissue, "positive" if y else "negative", f"{prefix}P{t:04d}"))
     multistain, label_csv = out / "multistain.csv", out / "labels.csv"
     with multistain.open("w", newline="") as f:
         csv.writer(f).writerows([("slide_id", "stain", "path", "patient"), *rows])

@@ -66,7 +66,7 @@ def class_order(names: Sequence[str]) -> list[str]:
         return sorted(unique)
 
 
-def _encode(names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+def encode_labels(names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     classes = class_order(names)
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[n] for n in names], dtype=np.int64), classes
@@ -89,7 +89,7 @@ def load_labeled(
             f"data.root={root} needs one sub-folder per class (root/<class>/<image>), "
             "or give data.csv=<path,label[,split][,group] csv>"
         )
-    labels, classes = _encode([r.parts[0] for r in rel])
+    labels, classes = encode_labels([r.parts[0] for r in rel])
     return LabeledSet(files, [r.as_posix() for r in rel], labels, classes, source=f"data.root={root}")
 
 
@@ -121,7 +121,7 @@ def _read_csv(path: Path, root: Path | None, folders: bool = False) -> LabeledSe
             f"{path}: line {i + 2}: {p} not found ({len(missing)} missing; paths are relative to {base}, "
             "set data.root to change that)"
         )
-    labels, classes = _encode([r["label"] for r in rows])
+    labels, classes = encode_labels([r["label"] for r in rows])
     splits = None
     if "split" in columns:
         splits = np.array([r["split"].lower() for r in rows], dtype=object)

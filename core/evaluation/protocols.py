@@ -1,6 +1,7 @@
 """The frozen-backbone protocols of ``domainfm evaluate`` on extracted features: ``knn``, ``linear`` (logistic
-probe + DINOv2 grid of SGD heads), ``svm`` (linear SVM, the point-cloud protocol), ``fewshot`` (SimpleShot) and
-``abmil`` (bags = groups)."""
+probe + DINOv2 grid of SGD heads), ``svm`` (linear SVM, the point-cloud protocol), ``fewshot`` (SimpleShot),
+``fewshot_lr`` (few-shot logistic regression over folds, MADELEINE's slide protocol), ``retrieval_map`` (cosine
+retrieval mAP@k) and ``abmil`` (bags = groups)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from domainfm.evaluation.abmil import bags_from_groups, train_abmil
 from domainfm.evaluation.datasets import LabeledSet
 from domainfm.evaluation.features import Features
 from domainfm.evaluation.fewshot import fewshot
+from domainfm.evaluation.fewshot_linear import fewshot_logistic, retrieval_map
 from domainfm.evaluation.knn import knn_predict
 from domainfm.evaluation.linear import head_name, linear_grid, logistic_probe, svm_probe
 from domainfm.evaluation.results import ProtocolResult
 
-PROTOCOLS = ("knn", "linear", "svm", "fewshot", "abmil", "zeroshot", "retrieval")  # the last two: CLIP exports
+PROTOCOLS = ("knn", "linear", "svm", "fewshot", "fewshot_lr", "retrieval_map", "abmil", "zeroshot", "retrieval")
+# zeroshot and retrieval: CLIP exports
 
 
 def check_protocols(names: list[str]) -> list[str]:
@@ -106,6 +109,28 @@ def run_protocols(
                 results[-1].details["selected"] += f"; K={','.join(map(str, skipped))} left out (too few train samples)"
             elif skipped:
                 raise DataError(f"{data.source}: too few training samples per class for K={skipped}")
+        elif protocol == "fewshot_lr":
+            c = cfg["fewshot_lr"]
+            per_k, skipped = fewshot_logistic(
+                x[tr], y[tr], x[te], y[te], k, list(c["shots"]), int(c["folds"]), float(c["C"]), int(c["max_iter"])
+            )
+            if not per_k:
+                raise DataError(f"{data.source}: too few training samples per class for k={skipped}")
+            for shots, values in per_k.items():
+                details = {"selected": f"{c['folds']} folds, C={c['C']}", "queries": len(te), "shots": shots}
+                results.append(
+                    ProtocolResult(f"fewshot_lr {shots}-shot", data.classes, episodes=values, details=details)
+                )
+            if skipped:
+                results[-1].details["selected"] += f"; k={','.join(map(str, skipped))} left out (too few train samples)"
+        elif protocol == "retrieval_map":
+            db = np.concatenate([tr, va])
+            for top, v in retrieval_map(x[db], y[db], x[te], y[te], list(cfg["retrieval_map"]["ks"])).items():
+                note = f"mAP@{top} {v['map'][0]:.3f} ± {v['map'][1]:.3f}; accuracy = majority of the top {top} (mMV)"
+                details = {"selected": f"{note}; {len(db)} train+val searched", "queries": len(te), "map": v["map"]}
+                results.append(
+                    ProtocolResult(f"retrieval {top}", data.classes, episodes={"accuracy": v["mmv"]}, details=details)
+                )
         elif protocol == "abmil":
             results.append(_abmil(x, data, valid, cfg, out_dir / "abmil", boot))
     return results
