@@ -71,6 +71,62 @@ class _OpenSlideReader:
         self.handle.close()
 
 
+class _WsiDicomReader:
+    """DICOM WSI through wsidicom, for series OpenSlide refuses: the VOLUME instances only (label, overview and
+    thumbnail instances are never opened; headers are read to tell them apart, and no header field is kept)."""
+
+    backend = "wsidicom"
+    vendor = "dicom"
+    objective_power = None
+    sparse = False
+
+    def __init__(self, path: Path):
+        import pydicom
+        from wsidicom import WsiDicom
+
+        folder = path if path.is_dir() else path.parent
+        volumes = []
+        for f in sorted(p for p in folder.iterdir() if p.is_file()):
+            try:
+                header = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["ImageType"])
+            except Exception:  # noqa: BLE001 - not DICOM: not part of the slide
+                continue
+            flavor = list(header.get("ImageType", []))[2:3]
+            if flavor == ["VOLUME"]:
+                volumes.append(f)
+        if not volumes:
+            raise DataError(f"{folder}: no DICOM whole-slide VOLUME instance (ImageType value 3)")
+        self.handle = WsiDicom.open(volumes)
+        levels = list(self.handle.levels)
+        self._levels = [lv.level for lv in levels]
+        self.level_dimensions = tuple((int(lv.size.width), int(lv.size.height)) for lv in levels)
+        width0 = self.level_dimensions[0][0]
+        self.level_downsamples = tuple(width0 / w for w, _ in self.level_dimensions)
+        mpp = float(levels[0].mpp.width)
+        self.found_mpp, self.found_source = (mpp, "dicom.PixelSpacing") if plausible(mpp) else (None, None)
+
+    def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """OpenSlide's contract: ``location`` in level-0 pixels, white outside the image."""
+        ds = self.level_downsamples[level]
+        width, height = self.level_dimensions[level]
+        x, y = round(location[0] / ds), round(location[1] / ds)
+        out = np.full((size[1], size[0], 3), 255, dtype=np.uint8)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + size[0], width), min(y + size[1], height)
+        if x1 > x0 and y1 > y0:
+            region = self.handle.read_region((x0, y0), self._levels[level], (x1 - x0, y1 - y0))
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = np.asarray(region.convert("RGB"))
+        return out
+
+    def read_image(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        return Image.fromarray(self.read(location, level, size))
+
+    def set_cache(self, cache: openslide.OpenSlideCache) -> None:
+        pass
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 class _ImageReader:
     """A plain image held in memory (regions, tiles, small scans): one level."""
 
@@ -163,7 +219,9 @@ class Slide:
         except openslide.OpenSlideError:
             fmt = None
         try:
-            if fmt is not None:
+            if self.path.suffix.lower() == ".dcm":
+                self._reader = _open_dicom(self.path, fmt)
+            elif fmt is not None:
                 self._reader = _OpenSlideReader(self.path)
             elif self.path.suffix.lower() in IMAGE_EXTENSIONS:
                 self._reader = _ImageReader(self.path)
@@ -301,6 +359,25 @@ class Slide:
     def __repr__(self) -> str:
         mpp = f"{self._mpp[0]} um/px" if self._mpp else "mpp unresolved"
         return f"Slide({self.name}, {self.dimensions[0]}x{self.dimensions[1]}, {self.level_count} levels, {mpp})"
+
+
+def _open_dicom(path: Path, fmt: str | None) -> _OpenSlideReader | _WsiDicomReader:
+    """OpenSlide's DICOM driver, else wsidicom (OpenSlide 4.0.1 refuses some valid series); both failing is one
+    error naming both reasons."""
+    try:
+        if fmt is None:
+            raise openslide.OpenSlideUnsupportedFormatError("not recognised")
+        return _OpenSlideReader(path)
+    except openslide.OpenSlideError as first:
+        try:
+            return _WsiDicomReader(path)
+        except ImportError:
+            raise DataError(f"{path}: OpenSlide cannot read it ({_one_line(first)}); pip install wsidicom") from first
+        except Exception as second:  # noqa: BLE001 - wsidicom raises its own error types
+            raise DataError(
+                f"{path}: neither OpenSlide ({_one_line(first)}) nor wsidicom ({_one_line(second)}) reads this DICOM "
+                "series; check that its folder holds one slide's VOLUME instances"
+            ) from second
 
 
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:

@@ -1,17 +1,19 @@
 """Synthetic multistain bags with a planted slide-level label, for tests, the demo and the MADELEINE benchmark
 (no real multistain archive with slide labels ships with domainfm).
 
-Generative model (ours). Every tissue has a composition over ``n_types`` cell types (Dirichlet(1)); its label
-``y`` sets how the mass of the last two types is shared: type ``T-1`` holds ``0.7`` of it when ``y = 1``, ``0.3``
-when ``y = 0``. A patch of stain ``s`` and type ``k`` has the features ``mu[s, k] + offset[slide] + noise``:
+Generative model (ours). Every tissue has a composition over ``n_types`` cell types: the last two share
+``pair_mass`` of the patches, type ``T-1`` holding a fraction ``r ~ U(0.1, 0.9)`` of it, the others share the rest
+by Dirichlet(``alpha``) (similar tissues); the label is ``r > 0.5``. A patch of stain ``s`` and type ``k`` has the
+features ``mu[s, k] + offset[slide] + noise``:
 
 - H&E prototypes of the last two types differ only by ``he_gap`` (a subtle morphological difference), while the
   first IHC stain (the "marker") separates them by a full prototype distance;
 - each slide carries a random offset of scale ``offset`` (scanner, staining batch: large, shared by all its
   patches, independent across the stains of a tissue), and each patch Gaussian noise of scale ``noise``.
 
-What the stains of one tissue share is the composition (label included); the offsets are not shared. A slide
-embedding that matches H&E with IHC should keep the former and drop the latter, which mean pooling cannot.
+What the stains of one tissue share is the composition, whose main variation is ``r`` (the label's factor); the
+offsets are not shared. A slide embedding that matches H&E with IHC has to read ``r`` from the H&E patches (where
+it is subtle) and drop the offsets, which mean pooling cannot.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def make_multistain_bags(
     dim: int = 32,
     patches: tuple[int, int] = (60, 120),
     n_types: int = 6,
+    pair_mass: float = 0.4,
+    alpha: float = 20.0,
     he_gap: float = 1.0,
     offset: float = 1.5,
     noise: float = 0.5,
@@ -54,10 +58,10 @@ def make_multistain_bags(
     rows, labels = [], []
     for t in range(n_tissues):
         y = int(t % 2)
-        share = 0.7 if y else 0.3
-        comp = rng.dirichlet(np.ones(n_types))
-        pair = comp[-2:].sum()
-        comp[-2], comp[-1] = pair * (1 - share), pair * share
+        share = rng.uniform(0.5, 0.9) if y else rng.uniform(0.1, 0.5)
+        comp = np.empty(n_types)
+        comp[:-2] = (1 - pair_mass) * rng.dirichlet(np.full(n_types - 2, alpha))
+        comp[-2], comp[-1] = pair_mass * (1 - share), pair_mass * share
         tissue = f"{prefix}{t:04d}"
         for s, stain in enumerate(stains):
             if s and rng.random() < missing:

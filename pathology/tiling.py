@@ -283,6 +283,7 @@ def tile_slide(
             "level0_mpp": slide.mpp,
             "mpp_source": slide.mpp_source,
             "name": job.name,
+            "savetodir": str(out_dir),  # TRIDENT's attribute: the job folder
         }
     with atomic_output(paths["geojson"]) as tmp:
         write_geojson(polygons, tmp)

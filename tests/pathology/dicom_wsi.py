@@ -5,7 +5,9 @@ What OpenSlide 4.0.1 / libdicom require (checked by removing each in turn): Seri
 sharing the series UID in one folder form the slide), ImageType with VOLUME third (levels), Total Pixel Matrix
 columns/rows, Rows/Columns (tile size), 8-bit 3-sample pixel description incl. HighBit and PlanarConfiguration,
 NumberOfFrames, the WSI SOP class in the file meta header, and a JPEG photometric interpretation that matches the
-encoding (Pillow's 4:2:2 YCbCr = YBR_FULL_422). MPP comes from level 0's PixelSpacing. Patient fields are fake.
+encoding (Pillow's 4:2:2 YCbCr = YBR_FULL_422). MPP comes from level 0's PixelSpacing. wsidicom also needs the
+ImagedVolumeWidth/Height (mm). Patient fields are fake; ``label=True`` adds a LABEL instance (a label image with
+the fake patient name burnt in is what real scanners write) that readers must never open.
 """
 
 from __future__ import annotations
@@ -40,9 +42,13 @@ def _frames(image: np.ndarray, tile: int, quality: int) -> list[bytes]:
     return frames
 
 
-def write_dicom_wsi(folder: Path, levels: list[np.ndarray], mpp: float, tile: int = 256, quality: int = 95) -> Path:
+def write_dicom_wsi(
+    folder: Path, levels: list[np.ndarray], mpp: float, tile: int = 256, quality: int = 95, label: bool = False
+) -> Path:
     """One ``level<i>.dcm`` per image of ``levels`` (level 0 first, RGB uint8) in ``folder``; the level-0 path."""
     folder.mkdir(parents=True, exist_ok=True)
+    if label:
+        levels = [*levels, np.full((128, 128, 3), 200, dtype=np.uint8)]
     study, series = generate_uid(), generate_uid()
     width_mm, height_mm = levels[0].shape[1] * mpp / 1000, levels[0].shape[0] * mpp / 1000
     for i, image in enumerate(levels):
@@ -54,11 +60,14 @@ def write_dicom_wsi(folder: Path, levels: list[np.ndarray], mpp: float, tile: in
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
         ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.ImageType = IMAGE_TYPES[min(i, 1)]
+        ds.ImageType = (
+            ["ORIGINAL", "PRIMARY", "LABEL", "NONE"] if label and i == len(levels) - 1 else IMAGE_TYPES[min(i, 1)]
+        )
         ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SM", 1, i + 1
         ds.PatientName, ds.PatientID = FAKE_PATIENT
         ds.ContainerIdentifier = "SYNTHETIC-SLIDE"
         ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows, ds.TotalPixelMatrixFocalPlanes = w, h, 1
+        ds.ImagedVolumeWidth, ds.ImagedVolumeHeight, ds.ImagedVolumeDepth = width_mm, height_mm, 0.004  # wsidicom
         ds.DimensionOrganizationType = "TILED_FULL"
         ds.NumberOfFrames, ds.Rows, ds.Columns = len(frames), tile, tile
         ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0

@@ -164,3 +164,51 @@ def test_dicom_wsi_series_folder(tmp_path, caplog):
     outputs = [p for p in (tmp_path / "tiles").rglob("*") if p.is_file()]
     assert outputs and not any(v.encode() in p.read_bytes() for p in outputs for v in FAKE_PATIENT)
     assert not any(v in caplog.text for v in FAKE_PATIENT)
+
+
+def test_dicom_wsi_through_wsidicom_when_openslide_refuses(tmp_path, monkeypatch, caplog):
+    """wsidicom reads the series with OpenSlide's contract (level-0 locations, white outside the image): the same
+    levels, MPP and pixels as OpenSlide on a series both open; when OpenSlide refuses a series (forced here: no
+    file that OpenSlide 4.0.1 refuses and wsidicom reads could be built, see docs/pathology.md) the slide tiles and
+    streams through wsidicom; the LABEL instance is never opened and the fake patient reaches no output or log."""
+    import wsidicom
+    from domainfm.pathology import slide as slide_module
+    from domainfm.pathology.datasets import SlideTileDataset
+    from domainfm.pathology.tiling import TilingParams, tile_slides
+
+    from tests.pathology import synthetic
+    from tests.pathology.dicom_wsi import FAKE_PATIENT, write_dicom_wsi
+
+    image = synthetic.standard_image()
+    level1 = np.asarray(Image.fromarray(image).reduce(4))
+    first = write_dicom_wsi(tmp_path / "slides" / "CASE-9", [image, level1], mpp=0.25, label=True)
+    reference = open_slide(first)
+    opened = []
+    real_open = wsidicom.WsiDicom.open
+    monkeypatch.setattr(wsidicom.WsiDicom, "open", lambda files, **kw: opened.extend(files) or real_open(files, **kw))
+    reader = slide_module._WsiDicomReader(first)
+    assert sorted(p.name for p in opened) == ["level0.dcm", "level1.dcm"]  # not level2.dcm, the LABEL
+    assert reader.level_dimensions == reference.level_dimensions and reader.level_downsamples == (1.0, 4.0)
+    assert reader.found_mpp == pytest.approx(0.25)
+    for loc, level, size in [((1000, 600), 0, (300, 200)), ((1000, 600), 1, (64, 48)), ((3000, 2000), 0, (100, 90))]:
+        np.testing.assert_array_equal(reader.read(loc, level, size), reference._reader.read(loc, level, size))
+
+    def refuse(path):
+        raise slide_module.openslide.OpenSlideUnsupportedFormatError("Couldn't get image flavor")
+
+    monkeypatch.setattr(slide_module, "_OpenSlideReader", refuse)
+    with open_slide(first) as s:
+        assert s.backend == "wsidicom" and s.mpp == pytest.approx(0.25) and s.name == "CASE-9"
+    summary = tile_slides(
+        tmp_path / "slides", tmp_path / "tiles", TilingParams(target_mpp=0.5), workers=1, progress=False
+    )
+    assert [r.status for r in summary.slides] == ["tiled"] and summary.tiles > 0
+    item = SlideTileDataset(tmp_path / "tiles", tmp_path / "slides")[0]
+    assert item["image"].shape == (3, 256, 256)
+    outputs = [p for p in (tmp_path / "tiles").rglob("*") if p.is_file()]
+    assert not any(v.encode() in p.read_bytes() for p in outputs for v in FAKE_PATIENT)
+    assert not any(v in caplog.text for v in FAKE_PATIENT)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.dcm").write_bytes(b"DICM but not really")
+    with pytest.raises(DataError, match="neither OpenSlide .* nor wsidicom"):
+        open_slide(tmp_path / "bad" / "x.dcm")
