@@ -6,14 +6,15 @@ Generative model (ours). Every tissue has a composition over ``n_types`` cell ty
 by Dirichlet(``alpha``) (similar tissues); the label is ``r > 0.5``. A patch of stain ``s`` and type ``k`` has the
 features ``mu[s, k] + offset[slide] + noise``:
 
-- H&E prototypes of the last two types differ only by ``he_gap`` (a subtle morphological difference), while the
-  first IHC stain (the "marker") separates them by a full prototype distance;
+- in H&E the last type has no prototype of its own: its patches lie at ``mu[HE, T-2] +- he_gap u`` (either sign, a
+  morphology that straddles its neighbour's), so the *mean* H&E feature of a slide does not depend on ``r`` while
+  the spread of those patches does; the first IHC stain (the "marker") gives the type a prototype of its own;
 - each slide carries a random offset of scale ``offset`` (scanner, staining batch: large, shared by all its
   patches, independent across the stains of a tissue), and each patch Gaussian noise of scale ``noise``.
 
 What the stains of one tissue share is the composition, whose main variation is ``r`` (the label's factor); the
-offsets are not shared. A slide embedding that matches H&E with IHC has to read ``r`` from the H&E patches (where
-it is subtle) and drop the offsets, which mean pooling cannot.
+offsets are not shared. A slide embedding that matches H&E with IHC has to read ``r`` from the spread of the H&E
+patches, which their mean does not show.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def make_multistain_bags(
     n_types: int = 6,
     pair_mass: float = 0.4,
     alpha: float = 20.0,
-    he_gap: float = 1.0,
+    he_gap: float = 2.0,
     offset: float = 1.5,
     noise: float = 0.5,
     missing: float = 0.1,
@@ -54,7 +55,7 @@ def make_multistain_bags(
     unit = world.normal(size=(len(stains), n_types, dim))
     unit /= np.linalg.norm(unit, axis=-1, keepdims=True)
     mu = 2.0 * unit
-    mu[0, -1] = mu[0, -2] + he_gap * unit[0, -1]  # H&E: the last two types almost alike
+    mu[0, -1] = mu[0, -2]  # H&E: the last type straddles the one before (its sign is drawn per patch below)
     rows, labels = [], []
     for t in range(n_tissues):
         y = int(t % 2)
@@ -70,6 +71,9 @@ def make_multistain_bags(
             types = rng.choice(n_types, size=n, p=comp)
             shift = rng.normal(size=dim) * offset / np.sqrt(dim)  # norm ~ offset
             x = mu[s, types] + shift[None] + rng.normal(size=(n, dim)) * noise
+            if s == 0:  # H&E: +- he_gap along the type's own direction; the mean over its patches stays mu[0, -2]
+                last = types == n_types - 1
+                x[last] += rng.choice([-1.0, 1.0], size=(int(last.sum()), 1)) * he_gap * unit[0, -1]
             path = out / "features" / f"{tissue}_{stain}.h5"
             with h5py.File(path, "w") as f:
                 f.create_dataset("features", data=x.astype(np.float32))

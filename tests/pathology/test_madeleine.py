@@ -173,3 +173,20 @@ def test_synthetic_bags_plant_the_label(tmp_path):
     with labels.open() as f:
         rows = list(csv.DictReader(f))
     assert [r["slide_id"] for r in rows] == bags.ids and {r["label"] for r in rows} == {"positive", "negative"}
+
+
+def test_synthetic_label_is_in_the_he_spread_not_the_he_mean(tmp_path):
+    """The planted label (share r of the last type) moves the marker stain's slide mean, not the H&E slide mean: in
+    H&E that type straddles its neighbour (+- he_gap), so only the spread of those patches tells r."""
+    ms, labels = make_multistain_bags(
+        tmp_path, n_tissues=40, dim=8, patches=(2000, 2000), noise=0.0, offset=0.0, missing=0.0, seed=1
+    )
+    with labels.open() as f:
+        positive = np.array([r["label"] == "positive" for r in csv.DictReader(f)])
+
+    def class_gap(stain: str) -> float:
+        means = np.stack([h5py.File(tmp_path / "features" / f"T{t:04d}_{stain}.h5")["features"][:].mean(0)
+                          for t in range(40)])  # fmt: skip
+        return float(np.linalg.norm(means[positive].mean(0) - means[~positive].mean(0)))
+
+    assert class_gap("MARKER") > 0.2 and class_gap("HE") < 0.3 * class_gap("MARKER")
