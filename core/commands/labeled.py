@@ -53,7 +53,12 @@ def backbone_sources(cfg: DictConfig) -> list[str]:
 def labeled_data(cfg: DictConfig, out_dir: Path) -> LabeledSet:
     """``data.root`` / ``data.csv`` with train/val/test splits (made and saved as ``<out_dir>/splits.csv`` when the
     data has none)."""
-    data = load_labeled(cfg.data.get("root"), cfg.data.get("csv"))
+    return split_labeled(load_labeled(cfg.data.get("root"), cfg.data.get("csv")), cfg, out_dir)
+
+
+def split_labeled(data: LabeledSet, cfg: DictConfig, out_dir: Path, what: str = "samples") -> LabeledSet:
+    """``data`` with train/val/test splits (its own, or made from ``cfg.split``), checked for patients (groups) in
+    two splits, written to ``<out_dir>/splits.csv`` and logged."""
     had_splits = data.splits is not None and (data.splits == "val").any()
     data = with_splits(data, val=float(cfg.split.val), test=float(cfg.split.test), seed=int(cfg.split.seed))
     check_groups(data)
@@ -61,7 +66,7 @@ def labeled_data(cfg: DictConfig, out_dir: Path) -> LabeledSet:
     counts = {s: int((data.splits == s).sum()) for s in ("train", "val", "test")}
     how = "from the data" if had_splits else f"made (seed {cfg.split.seed})"
     log.info(
-        "%s: %d samples, %d classes, splits %s %s -> %s", data.source, len(data), len(data.classes), how, counts, path
+        "%s: %d %s, %d classes, splits %s %s -> %s", data.source, len(data), what, len(data.classes), how, counts, path
     )
     return data
 

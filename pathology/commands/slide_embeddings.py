@@ -24,18 +24,10 @@ import torch
 from domainfm.backbones.loading import load_backbone
 from domainfm.commands.common import output_dir, write_config
 from domainfm.commands.evaluate import evaluate_backbones
-from domainfm.commands.labeled import as_list, extract
+from domainfm.commands.labeled import as_list, extract, split_labeled
 from domainfm.errors import DataError
 from domainfm.evaluation.abmil import H5Bag, read_bag_files
-from domainfm.evaluation.datasets import (
-    SPLITS,
-    LabeledSet,
-    check_groups,
-    encode_labels,
-    read_table,
-    save_splits,
-    with_splits,
-)
+from domainfm.evaluation.datasets import SPLITS, LabeledSet, encode_labels, read_table
 from domainfm.evaluation.features import Preprocess
 from domainfm.evaluation.protocols import check_protocols
 from omegaconf import DictConfig
@@ -113,12 +105,7 @@ def labeled_slides(cfg: DictConfig, out: Path) -> tuple[LabeledSet, list[H5Bag]]
     groups = np.array([r["group"] for r in rows], dtype=object) if "group" in columns else None
     ids = [r["slide_id"] for r in rows]
     data = LabeledSet([b.path for b in bags], ids, labels, classes, groups, splits, source=f"data.csv={csv_path}")
-    data = with_splits(data, val=float(cfg.split.val), test=float(cfg.split.test), seed=int(cfg.split.seed))
-    check_groups(data)
-    save_splits(data, out / "splits.csv")
-    counts = {s: int((data.splits == s).sum()) for s in ("train", "val", "test")}
-    log.info("%s: %d slides, classes %s, splits %s", data.source, len(data), data.classes, counts)
-    return data, bags
+    return split_labeled(data, cfg, out, "slides"), bags
 
 
 def open_slide_encoder(source: str, dim: int) -> tuple[nn.Module, Preprocess]:

@@ -25,10 +25,10 @@ from domainfm.backbones.loading import load_backbone
 from domainfm.commands.common import output_dir, write_config
 from domainfm.commands.evaluate import evaluate_backbones
 from domainfm.commands.finetune import FinetuneInput, finetune_backbones
-from domainfm.commands.labeled import as_list
+from domainfm.commands.labeled import as_list, split_labeled
 from domainfm.engine.runlock import RunLock
 from domainfm.errors import DataError
-from domainfm.evaluation.datasets import LabeledSet, check_groups, load_labeled, save_splits, with_splits
+from domainfm.evaluation.datasets import LabeledSet, load_labeled
 from domainfm.evaluation.features import Preprocess
 from domainfm.evaluation.protocols import check_protocols
 from domainfm.three_d.datasets import PointClouds
@@ -109,12 +109,7 @@ def labeled_points(cfg: DictConfig, out: Path) -> tuple[LabeledSet, dict[str, tu
     """``cfg.data.points`` with the core's splits (written to ``splits.csv``) and each sample id's cloud."""
     data, members = labeled_clouds(cfg.data.points, cfg.data.get("root"))
     member_of = dict(zip(data.ids, members))
-    data = with_splits(data, val=float(cfg.split.val), test=float(cfg.split.test), seed=int(cfg.split.seed))
-    check_groups(data)
-    save_splits(data, out / "splits.csv")
-    counts = {s: int((data.splits == s).sum()) for s in ("train", "val", "test")}
-    log.info("%s: %d clouds, classes %s, splits %s", data.source, len(data), data.classes, counts)
-    return data, member_of
+    return split_labeled(data, cfg, out, "clouds"), member_of
 
 
 def open_points(cfg: DictConfig, source: str) -> tuple[nn.Module, Preprocess, int]:
