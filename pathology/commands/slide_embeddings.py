@@ -70,7 +70,7 @@ class SlideBags(Dataset):
         return {"image": torch.from_numpy(np.asarray(self.bags[i])), "label": label}
 
 
-def _readable(paths: list[Path], ids: list[str], source: str) -> tuple[list[H5Bag], list[int]]:
+def _readable(paths: list[Path], source: str) -> tuple[list[H5Bag], list[int]]:
     bags, skipped = read_bag_files(paths)
     keep = [i for i, b in enumerate(bags) if b is not None]
     if skipped:
@@ -93,7 +93,7 @@ def labeled_slides(cfg: DictConfig, out: Path) -> tuple[LabeledSet, list[H5Bag]]
             f"{csv_path}: {len(missing)} of {len(rows)} slides have no features in data.bags={root} (first: "
             f"{missing[0].name}); run domainfm extract on them, or add a path column"
         )
-    bags, keep = _readable(paths, [r["slide_id"] for r in rows], f"data.bags={root}")
+    bags, keep = _readable(paths, f"data.bags={root}")
     rows = [rows[i] for i in keep]
     labels, classes = encode_labels([r["label"] for r in rows])
     splits = None
@@ -159,7 +159,7 @@ def extract_slides(cfg: DictConfig, source: str) -> Path:
         ids = [p.stem for p in paths]
     if not paths:
         raise DataError(f"data.bags={root} holds no .h5 files: run domainfm extract on the tiled slides first")
-    bags, keep = _readable(paths, ids, f"data.bags={root}")
+    bags, keep = _readable(paths, f"data.bags={root}")
     ids = [ids[i] for i in keep]
     model, preprocess = open_slide_encoder(source, bags[0].shape[1])
     _one_slide_batches(cfg)

@@ -111,7 +111,7 @@ def test_clam_reads_our_tiles_at_their_pyramid_level(tiled, pyramid):
     with h5py.File(out / "h5_files" / "pyramid.h5") as f, h5py.File(tiled / "features" / "pyramid.h5") as g:
         np.testing.assert_array_equal(f["features"][:], g["features"][:])
         assert f["coords"].shape == (n, 2)
-        pt = torch.load(out / "pt_files" / "pyramid.pt")
+        pt = torch.load(out / "pt_files" / "pyramid.pt", weights_only=True)
         assert pt.dtype == torch.float32 and torch.equal(pt, torch.from_numpy(g["features"][:]))
     with h5py.File(out / "patches" / "pyramid.h5") as f:
         a = f["coords"].attrs
