@@ -1,0 +1,1 @@
+"""The face_security domain's commands (declared in ``face_security/domain.yaml``)."""
