@@ -4,7 +4,8 @@ over the batch.
 Regions, over LaPa parsing maps, in FSFM's order (``fsfm-3c/util/datasets.py``, ``collate_fn_crfrp``): brows
 {2, 3}, eyes {4, 5}, nose {6}, mouth {7, 8, 9}, face boundary (patches holding a skin pixel and a hair or
 background pixel), hair {10}, skin {1}, background {0}. A patch belongs to a region if any of its pixels does
-(max-pooling the class maps over each patch). With ``N`` patches and ``M = floor(ratio * N)``:
+(the official code max-pools each class map over the patches; here an any()
+over each patch's class ids gives the same membership). With ``N`` patches and ``M = floor(ratio * N)``:
 
 1. pick one of the first six regions uniformly and mask all its patches ``R``;
 2. if ``|R| < M``: ``r' = (M - |R|) / (N - |R|)``; walk the other regions in order and mask ``round(n_g * r')``
@@ -25,7 +26,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REGIONS = ("brows", "eyes", "nose", "mouth", "boundary", "hair", "skin", "background")
 _CLASSES = {"brows": (2, 3), "eyes": (4, 5), "nose": (6,), "mouth": (7, 8, 9), "hair": (10,), "skin": (1,),
@@ -35,9 +35,11 @@ CHOOSABLE = 6  # R is one of the first six regions
 
 def region_patches(parsing: torch.Tensor, patch_size: int) -> torch.Tensor:
     """``(B, 8, N)`` bool: which patches hold each region (:data:`REGIONS` order) of LaPa maps ``(B, H, W)``."""
-    classes = torch.arange(11, device=parsing.device)
-    onehot = (parsing.long()[:, None] == classes[None, :, None, None]).float()
-    present = F.max_pool2d(onehot, patch_size).flatten(2).bool()  # (B, 11, N)
+    B, H, W = parsing.shape
+    p = patch_size
+    h, w = H // p, W // p
+    cells = parsing[:, : h * p, : w * p].to(torch.uint8)
+    present = torch.stack([(cells == k).view(B, h, p, w, p).any(4).any(2).flatten(1) for k in range(11)], 1)
 
     def union(ids):
         return present[:, list(ids)].any(1)

@@ -48,6 +48,11 @@ def test_region_patches_follow_the_any_pixel_and_boundary_rules():
 def test_masks_keep_their_invariants_on_real_parsing_maps(maps):
     regions = region_patches(maps.repeat(20, 1, 1), 16)  # 120 faces, 196 patches
     assert regions.shape == (120, 8, 196)
+    pooled = torch.nn.functional.max_pool2d((maps[:, None] == torch.arange(11)[None, :, None, None]).float(), 16)
+    pooled = pooled.flatten(2).bool()  # FSFM's membership: max-pool of each class map
+    assert torch.equal(regions[:6, REGIONS.index("hair")], pooled[:, 10])
+    assert torch.equal(regions[:6, REGIONS.index("mouth")], pooled[:, 7] | pooled[:, 8] | pooled[:, 9])
+    assert torch.equal(regions[:6, REGIONS.index("boundary")], (pooled[:, 10] | pooled[:, 0]) & pooled[:, 1])
     mask, sfr, choice = crfrp_masks(regions, 0.75, torch.Generator().manual_seed(0))
     R = regions[torch.arange(120), choice]
     assert (mask.sum(1) == 147).all()
