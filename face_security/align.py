@@ -41,11 +41,6 @@ class Face:
 
     landmarks: np.ndarray
 
-    @property
-    def box(self) -> tuple[float, float, float, float]:
-        x, y = self.landmarks[:, 0], self.landmarks[:, 1]
-        return float(x.min()), float(y.min()), float(x.max()), float(y.max())
-
 
 @dataclass
 class AlignedFace:

@@ -63,7 +63,8 @@ class _Online(nn.Module):
         self.rep_decoder = MAEDecoder(width, width, width, rep_depth, rep_heads)
         self.projector = byol_mlp(width, hidden, dim)
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor | None, num_patches: int) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None, num_patches: int):
+        """``(projection (B, dim), encoder tokens)``."""
         encoded = self.encoder(images, mask, mode="drop")
         return self.projector(self.rep_decoder(encoded, num_patches).mean(1)), encoded
 
