@@ -5,7 +5,8 @@ and most deepfake sets ship frames this way). Work is cut into units (one video,
 one folder); each unit runs in a worker process (MediaPipe on CPU), writes its PNGs, then its record
 ``parts/<unit>.json`` atomically, so a killed run resumes at the first unit without a record and loses nothing.
 ``faces.csv`` (one row per face) and ``summary.json`` (per source: frames read, faces, frames without a face,
-unreadable files) are rebuilt from the records at the end.
+unreadable files; and the faces' per-channel ``mean`` / ``std`` in [0, 1], the normalisation to pretrain them with)
+are rebuilt from the records at the end.
 
 Outputs hold only what was asked for: the aligned crops and their parsing maps; no landmarks, no frames.
 """
@@ -151,6 +152,7 @@ def process_unit(unit: Unit, root: Path, out: Path, params: FaceParams) -> dict:
     analyzer = _analyzer(params)
     parser = params.parser or LandmarkParser()
     record: dict[str, Any] = {"source": unit.source, "frames": 0, "no_face": 0, "unreadable": [], "faces": []}
+    moments = np.zeros(7)  # pixel count, per-channel sums and sums of squares (in [0, 1])
     folder = Path(unit.source).with_suffix("") if unit.kind == "video" else Path(unit.source)
     for frame_id, frame in _frames(unit, root, params, record):
         record["frames"] += 1
@@ -164,6 +166,8 @@ def process_unit(unit: Unit, root: Path, out: Path, params: FaceParams) -> dict:
             parsing = np.asarray(parser(aligned.image, aligned.landmarks, aligned.person), dtype=np.uint8)
             name = f"{frame_id}_{j}.png"
             _save_png(aligned.image, out / "faces" / folder / name)
+            pixels = aligned.image.reshape(-1, 3).astype(np.float64) / 255.0
+            moments += [len(pixels), *pixels.sum(0), *(pixels**2).sum(0)]
             _save_png(parsing, out / "parsing" / folder / name)
             record["faces"].append(
                 {
@@ -174,6 +178,7 @@ def process_unit(unit: Unit, root: Path, out: Path, params: FaceParams) -> dict:
                     "face": j,
                 }  # fmt: skip
             )
+    record["moments"] = moments.tolist()
     part = out / "parts" / f"{unit.key}.json"
     part.parent.mkdir(parents=True, exist_ok=True)
     tmp = part.with_name(part.name + ".tmp")
@@ -190,6 +195,8 @@ class FacesSummary:
     no_face: int = 0
     unreadable: list[str] = field(default_factory=list)
     resumed: int = 0
+    mean: list[float] | None = None  # per channel, in [0, 1], over every face pixel
+    std: list[float] | None = None
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def render(self) -> str:
@@ -199,6 +206,12 @@ class FacesSummary:
             + (f", {self.resumed} units kept from an earlier run" if self.resumed else "")
             + ")"
         ]
+        if self.mean is not None:
+            fmt = ",".join
+            lines.append(
+                f"  normalisation of these faces: preprocess.mean=[{fmt(f'{v:.4f}' for v in self.mean)}] "
+                f"preprocess.std=[{fmt(f'{v:.4f}' for v in self.std)}]"
+            )
         lines += [f"  unreadable: {name}" for name in self.unreadable[:20]]
         return "\n".join(lines)
 
@@ -241,9 +254,10 @@ def extract_faces(
     if todo:
         run_jobs(_job, todo, (base, out, params), worker_count(workers, len(todo)), record)
     bar.close()
-    rows = []
+    rows, moments = [], np.zeros(7)
     for unit in units:
         rec = records[unit.key]
+        moments += rec.get("moments", 0.0)
         src = summary.per_source.setdefault(rec["source"], {"frames": 0, "faces": 0, "no_face": 0, "unreadable": 0})
         src["frames"] += rec["frames"]
         src["faces"] += len(rec["faces"])
@@ -255,6 +269,10 @@ def extract_faces(
     summary.frames = sum(s["frames"] for s in summary.per_source.values())
     summary.faces = len(rows)
     summary.no_face = sum(s["no_face"] for s in summary.per_source.values())
+    if moments[0] > 0:
+        mean = moments[1:4] / moments[0]
+        summary.mean = mean.round(4).tolist()
+        summary.std = np.sqrt(np.maximum(moments[4:7] / moments[0] - mean**2, 0.0)).round(4).tolist()
     _write_csv(out / "faces.csv", rows)
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
     return summary

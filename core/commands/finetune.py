@@ -35,24 +35,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with RunLock(out, "domainfm finetune"):
         write_config(cfg, out)
         data = labeled_data(cfg, out)
-
-        def image_files(source: str) -> FinetuneInput:
-            model, preprocess, channels = open_backbone(source, cfg, data)
-            return model, preprocess, image_sets(channels), None
-
-        return finetune_backbones(cfg, out, data, image_files)
+        return finetune_backbones(cfg, out, data, image_input(cfg, data))
 
 
 FinetuneInput = tuple[nn.Module, Preprocess, MakeSet, Callable | None]
+MoreResults = Callable[[str, LabeledSet, ProtocolResult, Path], list[ProtocolResult]]
+
+
+def image_input(cfg: DictConfig, data: LabeledSet) -> Callable[[str], FinetuneInput]:
+    """``open_input`` for image files: the backbone checked against the images' channels, the core's views."""
+
+    def open_input(source: str) -> FinetuneInput:
+        model, preprocess, channels = open_backbone(source, cfg, data)
+        return model, preprocess, image_sets(channels), None
+
+    return open_input
 
 
 def finetune_backbones(
-    cfg: DictConfig, out: Path, data: LabeledSet, open_input: Callable[[str], FinetuneInput], what: str = "images"
+    cfg: DictConfig,
+    out: Path,
+    data: LabeledSet,
+    open_input: Callable[[str], FinetuneInput],
+    what: str = "images",
+    more_results: MoreResults | None = None,
 ) -> dict[str, Any]:
     """Finetune every backbone of ``cfg.backbone`` on ``data`` (with splits), test the best-on-val checkpoint,
     export it; one side-by-side table. ``open_input(source)`` gives the backbone, its preprocessing, the
     ``make_set(subset, view)`` that reads a split and the training view (``None``: the core's RGB-style crop +
-    flips); a domain's finetune hook passes its own (chips, volumes, ...)."""
+    flips); a domain's finetune hook passes its own (chips, volumes, ...). ``more_results(name, test, result,
+    run_dir)`` adds rows computed from the test predictions (e.g. per video) after the per-sample row."""
     sources = backbone_sources(cfg)
     tcfg = trainer_config(cfg)
     test = data.select("test")
@@ -78,7 +90,7 @@ def finetune_backbones(
         result = ProtocolResult.from_predictions(
             "finetune", data.classes, test.labels, probs, int(cfg.metrics.bootstrap), int(cfg.metrics.seed), details
         )
-        results[name] = [result]
+        results[name] = [result, *(more_results(name, test, result, run_dir) if more_results else [])]
         domain_keys = dict((method.backbone.pretrained_cfg or {}).get("domainfm") or {})  # MPP, bands, ...
         export = export_backbone(
             method.backbone.cpu(),

@@ -266,7 +266,8 @@ def test_data_kind_is_chosen_by_key_or_name():
     assert plugins.data_kind(OmegaConf.create({"data": {"kind": "slides"}})).domain == "pathology"
     with pytest.raises(
         ConfigError,
-        match=r"unknown data.kind='meshes'; valid kinds: chips, points, segmentation, slide_bags, slides, volumes",
+        match=r"unknown data.kind='meshes'; valid kinds: antispoofing, chips, deepfake, points, segmentation, "
+        "slide_bags, slides, volumes",
     ):
         plugins.data_kind(OmegaConf.create({"data": {"kind": "meshes"}}))
     with pytest.raises(ConfigError, match="domainfm evaluate does not take data.kind=slides"):

@@ -107,12 +107,17 @@ def test_faces_command_skips_reports_and_resumes(tmp_path):
         parsing = np.asarray(Image.open(out / row["parsing"]))
         assert parsing.shape == (112, 112) and parsing.max() <= 10 and (parsing == LAPA["skin"]).mean() > 0.1
     assert json.loads((out / "summary.json").read_text())["faces"] == 7
+    # the faces' normalisation statistics: every pixel of every written face
+    pixels = np.concatenate([np.asarray(Image.open(out / r["path"])).reshape(-1, 3) / 255.0 for r in rows])
+    np.testing.assert_allclose(summary.mean, pixels.mean(0), atol=1e-4)
+    np.testing.assert_allclose(summary.std, pixels.std(0), atol=1e-4)
+    assert "preprocess.mean=[" in summary.render()
     # a kill after some units: their records are kept, the rest is redone, the result is the same
     before = {p.name: p.read_bytes() for p in (out / "faces" / "id01").iterdir()}
     victim = sorted((out / "parts").glob("clip*.json"))[0]
     victim.unlink()
     again = extract_faces(root, out, params, workers=1, chunk=2, progress=False)
-    assert again.resumed == 4 and again.faces == 7
+    assert again.resumed == 4 and again.faces == 7 and again.mean == summary.mean
     assert {p.name: p.read_bytes() for p in (out / "faces" / "id01").iterdir()} == before
     with (out / "faces.csv").open() as f:
         assert list(csv.DictReader(f)) == rows
