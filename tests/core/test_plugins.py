@@ -288,7 +288,9 @@ def test_demo_lists_and_refuses_unknown_names(tmp_path):
     names = {ln.split()[0] for ln in listed.stdout.splitlines()[1:]}
     assert {"medical", "pathology", "remote_sensing"} <= names
     bad = run_cli(["demo", "volcanology"], tmp_path)
-    expected = "error: no demo named 'volcanology'; demos: core, medical, pathology, remote_sensing, three_d"
+    expected = (
+        "error: no demo named 'volcanology'; demos: core, face_security, medical, pathology, remote_sensing, three_d"
+    )
     assert bad.returncode == 2 and bad.stderr.strip() == expected
 
 

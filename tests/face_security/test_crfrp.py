@@ -45,6 +45,16 @@ def test_region_patches_follow_the_any_pixel_and_boundary_rules():
     assert r[idx["background"]].tolist() == [True, False, False, True]
 
 
+def test_class_bits_equal_the_comparison_per_class(maps):
+    from domainfm.face_security.crfrp import _present_any, _present_bits
+
+    noisy = torch.randint(-3, 20, (4, 48, 40))  # out-of-range labels (ignore values) belong to no class
+    for cells, p in ((noisy, 8), (maps.long(), 16), (maps.long(), 14)):
+        h, w = cells.shape[1] // p, cells.shape[2] // p
+        cells = cells[:, : h * p, : w * p].contiguous()
+        assert torch.equal(_present_bits(cells.numpy(), p), _present_any(cells, p))
+
+
 def test_masks_keep_their_invariants_on_real_parsing_maps(maps):
     regions = region_patches(maps.repeat(20, 1, 1), 16)  # 120 faces, 196 patches
     assert regions.shape == (120, 8, 196)
