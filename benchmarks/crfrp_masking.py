@@ -102,7 +102,7 @@ def main() -> None:
     t_fsfm = (time.perf_counter() - t) / args.repeats
     t_ours = t_regions + t_vec
     print(f"batch {args.batch} faces at 224 px / 16 px patches, 1 thread, mean of {args.repeats}")
-    print(f"region membership (per-patch any): {t_regions * 1e3:.1f} ms")
+    print(f"region membership (class bits per patch): {t_regions * 1e3:.1f} ms")
     print(f"vectorised CRFR-P: {t_vec * 1e3:.1f} ms ({args.batch / t_vec:.0f} faces/s)")
     print(f"per-face loop:     {t_loop * 1e3:.1f} ms ({args.batch / t_loop:.0f} faces/s)")
     print(f"ours, membership + masks: {t_ours * 1e3:.1f} ms ({args.batch / t_ours:.0f} faces/s)")

@@ -39,7 +39,7 @@ def region_patches(parsing: torch.Tensor, patch_size: int) -> torch.Tensor:
     p = patch_size
     h, w = H // p, W // p
     cells = parsing[:, : h * p, : w * p]
-    present = _present_bits(cells.numpy(), p) if cells.device.type == "cpu" else _present_any(cells, p)
+    present = _present_bits(cells, p) if cells.device.type == "cpu" else _present_any(cells, p)
 
     def union(ids):
         return present[:, list(ids)].any(1)
@@ -60,13 +60,18 @@ def _present_any(cells: torch.Tensor, p: int) -> torch.Tensor:
     return torch.stack([(cells == k).view(B, h, p, w, p).any(4).any(2).flatten(1) for k in range(11)], 1)
 
 
-def _present_bits(cells: np.ndarray, p: int) -> torch.Tensor:
+def _present_bits(cells: torch.Tensor, p: int) -> torch.Tensor:
     """``(B, 11, h * w)`` bool: which LaPa classes each ``p`` x ``p`` patch holds. One bit per class, OR-reduced
-    over the patch's rows then columns (28x faster than 11 comparisons + max on one CPU thread); other values
+    over the patch's rows then columns (~20x faster than 11 comparisons + max on one CPU thread); other values
     land on an unused bit."""
     B, H, W = cells.shape
     h, w = H // p, W // p
-    classes = np.where((cells >= 0) & (cells <= 10), cells, 15).astype(np.uint16)
+    if cells.dtype != torch.uint8:  # maps read from PNGs are 0..255: one cheap cast, else mark outsiders first
+        lo, hi = torch.aminmax(cells)
+        if lo < 0 or hi > 255:
+            cells = torch.where((cells >= 0) & (cells <= 10), cells, 15)
+        cells = cells.to(torch.uint8)
+    classes = np.minimum(cells.numpy(), 15).astype(np.uint16)
     bits = np.left_shift(np.uint16(1), classes, dtype=np.uint16)
     rows = np.bitwise_or.reduce(bits.reshape(B * h, p, w, p), axis=1)
     acc = np.bitwise_or.reduce(rows.reshape(B * h * w, p), axis=1).reshape(B, h * w)
