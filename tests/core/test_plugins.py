@@ -250,7 +250,7 @@ def test_help_marks_domains_whose_extra_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "openslide", None)
     text = _usage()
     assert 'pathology commands:  [not installed: pip install "domainfm[pathology]"]' in text
-    assert "demos: core, medical, pathology (not installed)" in text
+    assert "demos: core, face_security, medical, pathology (not installed)" in text
     domains_line = next(ln for ln in text.splitlines() if ln.startswith("domains: "))
     assert domains_line.startswith("domains: core, ")
     assert 'pathology (pip install "domainfm[pathology]")' in domains_line
