@@ -136,12 +136,11 @@ def main() -> None:
         "fakes_finetune": {},
     }
     for name, backbone in zip(names, backbones):
-        src = backbone / "export" if name == "random" else backbone
         results["gender_finetune"][name] = finetune(
-            src, gender, OUT / f"ft_gender_{name}", args.finetune_steps, "classification"
+            backbone, gender, OUT / f"ft_gender_{name}", args.finetune_steps, "classification"
         )
         results["fakes_finetune"][name] = finetune(
-            src, fakes, OUT / f"ft_fakes_{name}", args.finetune_steps, "deepfake"
+            backbone, fakes, OUT / f"ft_fakes_{name}", args.finetune_steps, "deepfake"
         )
     print(f"\n{args.steps} pretraining steps (batch 32), {args.finetune_steps} finetuning steps; AUROC [95 % CI]\n")
     print("| backbone | gender: probe | gender: kNN | gender: finetune | fakes: probe | fakes: finetune (frame) "

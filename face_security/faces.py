@@ -123,7 +123,7 @@ def _analyzer(params: FaceParams):
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(array).save(tmp, format="PNG", compress_level=1)  # 4x faster than 6, files ~1.3x
+    Image.fromarray(array).save(tmp, format="PNG", compress_level=1)  # ~4x faster than 6, files ~1.08x
     os.replace(tmp, path)
 
 

@@ -65,8 +65,8 @@ def per_video(videos: dict[str, str], n_boot: int, seed: int):
     def rows(name: str, test: LabeledSet, result: ProtocolResult, run_dir: Path) -> list[ProtocolResult]:
         frame_videos = [videos[i] for i in test.ids]
         labels, scores = result.y_true, result.probs[:, 1]
-        ids, v_labels, _ = video_level(frame_videos, labels, scores)
-        v_probs = np.stack([video_level(frame_videos, labels, result.probs[:, k])[2] for k in range(2)], axis=1)
+        ids, v_labels, v_real = video_level(frame_videos, labels, scores)
+        v_probs = np.stack([video_level(frame_videos, labels, result.probs[:, 0])[2], v_real], axis=1)
         frame_eer = eer(labels, scores) if len(set(labels)) == 2 else float("nan")
         video_eer = eer(v_labels, v_probs[:, 1]) if len(set(v_labels)) == 2 else float("nan")
         result.details["eer"] = frame_eer
