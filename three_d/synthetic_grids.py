@@ -34,7 +34,7 @@ def _inside(kind: str, p: np.ndarray, radius: float, rng: np.random.Generator) -
     raise ValueError(kind)
 
 
-def synthetic_scene(size: int, rng: np.random.Generator, objects: tuple[int, int] = (2, 4)):
+def synthetic_scene(size: int, rng: np.random.Generator, objects: tuple[int, int] = (1, 3)):
     """``(rgbsigma (size, size, size, 4) float32, labels (size, size, size) uint8)``."""
     axis = (np.arange(size) + 0.5) / size
     points = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1)
@@ -43,7 +43,7 @@ def synthetic_scene(size: int, rng: np.random.Generator, objects: tuple[int, int
     labels = np.zeros((size, size, size), np.uint8)
     for _ in range(rng.integers(objects[0], objects[1] + 1)):
         kind = int(rng.integers(len(CLASSES)))
-        radius = rng.uniform(0.12, 0.22)
+        radius = rng.uniform(0.18, 0.3)
         centre = rng.uniform(radius, 1 - radius, size=3)
         inside = _inside(CLASSES[kind], points - centre, radius, rng) & (labels == 0)
         rgb[inside] = rng.uniform(0.1, 0.9, size=3)

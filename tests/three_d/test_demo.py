@@ -23,3 +23,20 @@ def test_the_demo_goes_from_meshes_to_svm_results(tmp_path):
         assert [r["protocol"] for r in rows] == ["svm", "knn"] and rows[0]["n"] == len(
             [r for r in (tmp_path / "evaluate" / "splits.csv").read_text().splitlines() if r.endswith(",test")]
         )
+
+
+def test_the_nerf_mae_demo_goes_from_posed_views_to_a_voxel_probe(tmp_path, capsys):
+    from domainfm.sample_data import sample_path
+
+    views = sample_path("three_d/nerf_synthetic_lego_64px")
+    assert len(list((views / "train").glob("*.png"))) == 100 and (views / "LICENSE").is_file()
+    result = demo.main(out=str(tmp_path), method="nerf_mae", steps="2", scenes="4", fit_steps="6", probe_scenes="5")
+    fit = json.loads((tmp_path / "lego" / "fit.json").read_text())
+    assert fit["views"] == {"train": 90, "held_out": 10} and fit["resolution"] == 48
+    grids = sorted(p.name for p in (tmp_path / "grids").glob("*.npz"))
+    assert grids == ["lego.npz", "scene_0000.npz", "scene_0001.npz", "scene_0002.npz", "scene_0003.npz"]
+    config = json.loads((tmp_path / "nerf_mae_tiny" / "export" / "config.json").read_text())
+    assert config["pretrained_cfg"]["input_size"] == [4, 32, 32, 32]
+    assert set(result["results"]) == {"nerf_mae_tiny", "random_init"}
+    out = capsys.readouterr().out
+    assert "domainfm radiance_grid data.root=" in out and "voxel miou" in out
