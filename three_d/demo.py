@@ -54,14 +54,14 @@ def main(
     steps: int | str | None = None,
     per_class: int | str = 40,
     method: str = "point_mae",
-    scenes: int | str = 120,
+    scenes: int | str = 60,
     fit_steps: int | str = 300,
-    probe_scenes: int | str = 40,
+    probe_scenes: int | str = 24,
 ) -> dict:
     """``domainfm demo three_d [out=<folder>] [steps=<n>] [per_class=<n>]`` (about 2 min on 2 CPU cores);
     ``method=nerf_mae [steps=<n>] [scenes=<n>] [fit_steps=<n>] [probe_scenes=<n>]`` for radiance grids."""
     if method == "nerf_mae":
-        steps = 200 if steps is None else int(steps)
+        steps = 80 if steps is None else int(steps)
         return nerf_mae_demo(out, steps, int(scenes), int(fit_steps), int(probe_scenes))
     if method != "point_mae":
         raise ValueError(f"method={method!r}: the 3D demo runs point_mae or nerf_mae")
