@@ -52,3 +52,29 @@ def test_projection_and_back_projection_are_the_official_ones():
         _, lo, grid, shift = _official_view(cloud[:, list(axes)], 64)
         pix = np.floor((cloud[:10][:, list(axes)[:2]] - lo) / grid) + 1 + shift
         np.testing.assert_allclose(read[0, v, :, 0].numpy(), pix[:, 0] * 64 + pix[:, 1], atol=1e-6)
+
+
+def test_the_2d_guidance_reads_the_last_blocks_class_attention_and_masks_by_it():
+    import timm
+    from domainfm.three_d.image_guidance import attention_and_features, guided_mask
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=0).eval()
+    images = torch.randn(2, 3, 64, 64)
+    captured = {}
+    last = vit.blocks[-1].attn
+    last.fused_attn = False  # timm's explicit path: attn_drop receives the softmaxed attention
+    last.attn_drop.register_forward_hook(lambda m, inp, out: captured.setdefault("attn", inp[0]))
+    with torch.no_grad():
+        tokens = vit.forward_features(images)
+    saliency, features = attention_and_features(vit, images)
+    expected = captured["attn"].mean(1)[:, 0, 1:].reshape(2, 4, 4)  # heads averaged, class row, patch keys
+    torch.testing.assert_close(saliency, expected)
+    torch.testing.assert_close(features, tokens[:, 1:].transpose(1, 2).reshape(2, 192, 4, 4))
+
+    sal = torch.zeros(500, 64)
+    sal[:, 7] = 50.0  # one token the 2D model attends to overwhelmingly
+    mask = guided_mask(sal, 0.8, torch.Generator().manual_seed(0))
+    assert (mask.sum(1) == 51).all() and not mask[:, 7].any()  # 13 of 64 visible, token 7 always among them
+    others = (~mask[:, [i for i in range(64) if i != 7]]).float().mean()
+    assert abs(float(others) - 12 / 63) < 0.01  # the rest uniformly
