@@ -67,14 +67,17 @@ def pad_grid(grid: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]
     return F.pad(grid, spec), F.pad(real, spec)
 
 
+def fitted_shape(shape, size: int) -> list[int] | None:
+    """The spatial shape scaled by one factor so its longest side is ``size``; None when it already fits."""
+    longest = max(shape)
+    return None if longest <= size else [max(1, round(s * size / longest)) for s in shape]
+
+
 def fit_grid(grid: torch.Tensor, size: int) -> torch.Tensor:
     """A grid larger than ``size`` on some side, scaled down by one factor (area averaging of RGB and alpha) so its
     longest side is ``size``; smaller grids unchanged (NeRF-MAE pads, never resizes up)."""
-    longest = max(grid.shape[1:])
-    if longest <= size:
-        return grid
-    shape = [max(1, round(s * size / longest)) for s in grid.shape[1:]]
-    return F.interpolate(grid[None], size=shape, mode="area")[0]
+    shape = fitted_shape(grid.shape[1:], size)
+    return grid if shape is None else F.interpolate(grid[None], size=shape, mode="area")[0]
 
 
 def block_mask(tokens: tuple[int, int, int], block: int = 4, ratio: float = 0.75, generator=None) -> torch.Tensor:

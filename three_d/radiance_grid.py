@@ -288,11 +288,12 @@ def fit_radiance_grid(
     opt = torch.optim.Adam(grid.parameters(), lr=params.lr)
     step, history = 0, []
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=True)
         if state["settings"] != settings:
             changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
             raise DataError(f"{out}: a fit with other settings is here ({', '.join(changed)}); give another out=")
-        grid.upsample(state["grid"].shape[-1]) if state["grid"].shape[-1] != grid.resolution else None
+        if state["grid"].shape[-1] != grid.resolution:
+            grid.upsample(state["grid"].shape[-1])
         grid.grid.data.copy_(state["grid"])
         opt = torch.optim.Adam(grid.parameters(), lr=params.lr)
         opt.load_state_dict(state["optimizer"])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from domainfm.errors import DataError
 from domainfm.evaluation.linear import DEFAULT_CS, fit_logistic
 from domainfm.evaluation.metrics import bootstrap_indices
-from domainfm.three_d.nerf_mae import fit_grid, grid_input, pad_grid, read_grid
+from domainfm.three_d.nerf_mae import fit_grid, fitted_shape, grid_input, pad_grid, read_grid
 from torch import nn
 
 
@@ -41,8 +41,9 @@ def read_labeled_grids(root: str | Path) -> list[LabeledGrid]:
             if "labels" not in data:
                 raise DataError(f"{path}: no 'labels' array (per-voxel class ids, 0 = unlabeled) beside rgbsigma")
             labels = data["labels"].astype(np.int64)
-        if labels.shape != read_grid(path).shape[:3]:
-            raise DataError(f"{path}: labels {labels.shape} do not match the grid {read_grid(path).shape[:3]}")
+        grid_shape = read_grid(path).shape[:3]
+        if labels.shape != grid_shape:
+            raise DataError(f"{path}: labels {labels.shape} do not match the grid {grid_shape}")
         out.append(LabeledGrid(path, labels))
     return out
 
@@ -74,10 +75,9 @@ def voxel_features(encoder: nn.Module, grid: np.ndarray, size: int, device="cpu"
 
 def fitted_labels(labels: np.ndarray, size: int) -> np.ndarray:
     """Labels brought to the grid's fitted size (nearest), as :func:`fit_grid` scales the grid."""
-    longest = max(labels.shape)
-    if longest <= size:
+    shape = fitted_shape(labels.shape, size)
+    if shape is None:
         return labels
-    shape = [max(1, round(s * size / longest)) for s in labels.shape]
     t = torch.from_numpy(labels.astype(np.float32))[None, None]
     return F.interpolate(t, size=shape, mode="nearest")[0, 0].numpy().astype(np.int64)
 
