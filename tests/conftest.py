@@ -62,6 +62,23 @@ def pretrain_in_process(overrides: list[str]) -> dict:
     return pretrain.run(compose("pretrain", overrides))
 
 
+def assert_resumes_exactly(common: list[str], run: Path, reference: dict) -> None:
+    """Pretrain 4 steps into ``run``, delete everything after the step-2 checkpoint (as if killed there), run the same
+    command again: it resumes from step 2 and exports weights equal to ``reference`` (an uninterrupted run's
+    ``model.safetensors``)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    pretrain_in_process([*common, f"run_dir={run}", "trainer.max_steps=4"])
+    (run / "checkpoints" / "step_00000004.pt").unlink()
+    shutil.rmtree(run / "export")
+    assert pretrain_in_process([*common, f"run_dir={run}", "trainer.max_steps=4"])["resumed_from"] == 2
+    b = load_file(str(run / "export" / "model.safetensors"))
+    assert reference.keys() == b.keys() and all(torch.equal(reference[k], b[k]) for k in reference)
+
+
 def free_port() -> int:
     """A free TCP port on localhost (for a gloo process group)."""
     import socket

@@ -13,7 +13,8 @@ are the image plane (row, column), the third the value. Per cloud and view::
 
 :func:`to_model_input` repeats the image to 3 channels and normalises it with ImageNet's mean / std, as the official
 code does before CLIP. :func:`back_project` upsamples a 2D map (``h x w``, e.g. a ViT's 14 x 14 patch grid) to
-``S x S`` bicubically and reads it at each point's pixel (the centre of its splat, same min, grid and offsets)."""
+``S x S`` bicubically and reads it at each point's pixel (the centre of its splat, same min, grid and offsets); it
+samples only those pixels."""
 
 from __future__ import annotations
 
@@ -75,15 +76,18 @@ def to_model_input(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -
 
 def back_project(points: torch.Tensor, maps: torch.Tensor, proj: Projection) -> torch.Tensor:
     """2D maps ``(B, V, C, h, w)`` read at ``points`` ``(B, M, 3)`` (the projected cloud's or its subsets, e.g.
-    group centres) in every view: ``(B, V, M, C)``."""
+    group centres) in every view: ``(B, V, M, C)``. Bicubic sampling at the points' pixels only
+    (``grid_sample``, border-clamped taps): the value of the official ``S x S`` bicubic upsampling at those pixels
+    (to float rounding) without building the ``S x S x C`` maps."""
     b, v, c, h, w = maps.shape
-    up = F.interpolate(maps.reshape(b * v, c, h, w), size=(proj.size, proj.size), mode="bicubic")
-    up = up.reshape(b, v, c, -1)
+    s = proj.size
     out = []
     for k, (row, col, _) in enumerate(VIEWS):
         idx = _pixels(points[..., [row, col]], proj.minimum[:, k], proj.grid[:, k]) + proj.offset[:, k, None]
-        if float(idx.min()) < 0 or float(idx.max()) > proj.size - 1:
+        if float(idx.min()) < 0 or float(idx.max()) > s - 1:
             raise ValueError("points outside the projected cloud's image: back-project points of that cloud")
-        flat = (idx[..., 0] * proj.size + idx[..., 1]).long()
-        out.append(torch.gather(up[:, k], 2, flat[:, None].expand(-1, c, -1)).transpose(1, 2))
+        grid = torch.stack([(2 * idx[..., 1] + 1) / s - 1, (2 * idx[..., 0] + 1) / s - 1], dim=-1)  # (x, y)
+        sampled = F.grid_sample(maps[:, k], grid[:, :, None].to(maps.dtype), mode="bicubic", padding_mode="border",
+                                align_corners=False)  # fmt: skip
+        out.append(sampled[..., 0].transpose(1, 2))
     return torch.stack(out, 1)

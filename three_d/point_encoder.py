@@ -25,38 +25,93 @@ from torch import nn
 
 
 class MiniPointNet(nn.Module):
-    """Point-MAE's ``Encoder``: ``(B, G, K, 3)`` patches -> ``(B, G, D)`` tokens; ``widths`` ``(128, 256, 512)`` are
-    the official hidden widths (``3 -> w0 -> w1``, max-pool, concat, ``2 w1 -> w2 -> D``)."""
+    """Point-MAE's ``Encoder``: ``(B, G, K, C)`` patches -> ``(B, G, D)`` tokens; ``widths`` ``(128, 256, 512)`` are
+    the official hidden widths (``C -> w0 -> w1``, max-pool, concat, ``2 w1 -> w2 -> D``). ``C = 3`` for points;
+    I2P-MAE's token merging is the same network over ``C``-wide tokens with widths ``(C, C, D)``."""
 
-    def __init__(self, embed_dim: int = 384, widths: tuple[int, int, int] = (128, 256, 512)):
+    def __init__(self, embed_dim: int = 384, widths: tuple[int, int, int] = (128, 256, 512), in_chans: int = 3):
         super().__init__()
         w0, w1, w2 = (int(w) for w in widths)
         self.first_conv = nn.Sequential(
-            nn.Conv1d(3, w0, 1), nn.BatchNorm1d(w0), nn.ReLU(inplace=True), nn.Conv1d(w0, w1, 1)
+            nn.Conv1d(in_chans, w0, 1), nn.BatchNorm1d(w0), nn.ReLU(inplace=True), nn.Conv1d(w0, w1, 1)
         )
         self.second_conv = nn.Sequential(
             nn.Conv1d(2 * w1, w2, 1), nn.BatchNorm1d(w2), nn.ReLU(inplace=True), nn.Conv1d(w2, embed_dim, 1)
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        b, g, k, _ = patches.shape
-        x = self.first_conv(patches.reshape(b * g, k, 3).transpose(1, 2))  # (BG, 256, K)
+        b, g, k, c = patches.shape
+        x = self.first_conv(patches.reshape(b * g, k, c).transpose(1, 2))  # (BG, w1, K)
         pooled = x.max(dim=2, keepdim=True).values
         x = self.second_conv(torch.cat([pooled.expand(-1, -1, k), x], dim=1))
         return x.max(dim=2).values.reshape(b, g, -1)
 
 
-def position_mlp(dim: int) -> nn.Sequential:
-    """Point-MAE's positional embedding of patch centres: ``Linear(3, 128), GELU, Linear(128, dim)``."""
-    return nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, dim))
+def position_mlp(dim: int, hidden: int = 128) -> nn.Sequential:
+    """Point-MAE's positional embedding of patch centres: ``Linear(3, 128), GELU, Linear(128, dim)`` (I2P-MAE:
+    ``hidden = dim``)."""
+    return nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
-def blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float) -> nn.ModuleList:
-    rates = torch.linspace(0, drop_path_rate, depth).tolist()
+def blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float,
+           rates: list[float] | None = None) -> nn.ModuleList:  # fmt: skip
+    """Pre-norm blocks without qkv bias; drop path rising linearly to ``drop_path_rate`` (or the given ``rates``)."""
+    rates = torch.linspace(0, drop_path_rate, depth).tolist() if rates is None else list(rates)
     return nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias=False, drop_path=r) for r in rates)
 
 
-class PointTransformer(nn.Module):
+class PointBackbone(nn.Module):
+    """What every point encoder shares: ``tokens(points)`` ``(B, G, D)`` (normalised); ``forward_features`` prepends
+    their max as the prefix token (``cls`` pooling = the max, ``mean`` = the mean of the tokens, ``both`` = ``[max |
+    mean]``); ``forward`` is ``[max | mean]``; the export layout and its strict read-back."""
+
+    domainfm_architecture = ""
+    num_prefix_tokens = 1  # the max over the tokens (see forward_features)
+
+    def tokens(self, points: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def input_text(self) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+    def check_points(self, points: torch.Tensor) -> torch.Tensor:
+        if points.ndim != 3 or points.shape[-1] != 3:
+            raise ValueError(f"expected a batch of point clouds (B, N, 3), got shape {tuple(points.shape)}")
+        return points.float()
+
+    def forward_features(self, points: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens(points)
+        return torch.cat([tokens.max(dim=1, keepdim=True).values, tokens], dim=1)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        tokens = self.forward_features(points)
+        return torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1)
+
+    def export_config(self, preprocess: dict) -> tuple[dict, dict]:
+        n = int(preprocess.get("n_points") or 1024)
+        text = (
+            f"N x 3 points (xyz), centred on the centroid and scaled into the unit sphere, N = {n}; {self.input_text()}"
+        )
+        return dict(self.config), {"input_size": [n, 3], "input_description": text}
+
+    @classmethod
+    def from_export(cls, source, saved_args: dict, pretrained_cfg: dict, state, in_chans=None, img_size=None,
+                    channel_mode: str = "mean", model_args: dict | None = None) -> PointBackbone:  # fmt: skip
+        """An export read back with the strict key check of every domainfm backbone."""
+        from domainfm.backbones.loading import check_keys, loaded_cfg
+        from domainfm.errors import ConfigError
+
+        if in_chans not in (None, 3) or img_size is not None:
+            raise ConfigError(f"backbone={source} is a point encoder: in_chans / img_size do not apply")
+        model = cls(**{**saved_args, **(model_args or {})})
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        check_keys(str(source), cls.domainfm_architecture, missing, unexpected)
+        model.pretrained_cfg = loaded_cfg(pretrained_cfg, tuple(pretrained_cfg.get("input_size") or (1024, 3)), None)
+        model.domainfm_weights = str(source)
+        return model
+
+
+class PointTransformer(PointBackbone):
     """Point-MAE's encoder (see the module docstring); input ``(B, N, 3)`` clouds in the unit sphere."""
 
     domainfm_architecture = "domainfm_point_transformer"
@@ -77,7 +132,6 @@ class PointTransformer(nn.Module):
                            num_heads=num_heads, mlp_ratio=mlp_ratio, pointnet_widths=list(pointnet_widths))  # fmt: skip
         self.num_group, self.group_size = int(num_group), int(group_size)
         self.embed_dim = self.num_features = int(embed_dim)
-        self.num_prefix_tokens = 1  # the max over the patch tokens (see forward_features)
         self.pretrained_cfg: dict = {}
         self.domainfm_weights = None
         self.patch_embed = MiniPointNet(embed_dim, tuple(pointnet_widths))
@@ -88,9 +142,7 @@ class PointTransformer(nn.Module):
 
     def group(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(neighbourhoods (B, G, K, 3) centred, centres (B, G, 3))``."""
-        if points.ndim != 3 or points.shape[-1] != 3:
-            raise ValueError(f"expected a batch of point clouds (B, N, 3), got shape {tuple(points.shape)}")
-        return group_points(points.float(), self.num_group, self.group_size)
+        return group_points(self.check_points(points), self.num_group, self.group_size)
 
     def encode(self, patches: torch.Tensor, centers: torch.Tensor, visible: torch.Tensor | None = None):
         """Tokens ``(B, V, D)`` of the ``visible`` patches (``(B, G)`` bool, the same count per cloud; all when
@@ -103,35 +155,11 @@ class PointTransformer(nn.Module):
             x = block(x + pos)
         return self.norm(x)
 
-    def forward_features(self, points: torch.Tensor) -> torch.Tensor:
-        tokens = self.encode(*self.group(points))
-        return torch.cat([tokens.max(dim=1, keepdim=True).values, tokens], dim=1)
+    def tokens(self, points: torch.Tensor) -> torch.Tensor:
+        return self.encode(*self.group(points))
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
-        tokens = self.forward_features(points)
-        return torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1)
-
-    def export_config(self, preprocess: dict) -> tuple[dict, dict]:
-        n = int(preprocess.get("n_points") or 1024)
-        text = (f"N x 3 points (xyz), centred on the centroid and scaled into the unit sphere, N = {n}; "
-                f"{self.num_group} FPS patches of {self.group_size} points")  # fmt: skip
-        return dict(self.config), {"input_size": [n, 3], "input_description": text}
-
-    @classmethod
-    def from_export(cls, source, saved_args: dict, pretrained_cfg: dict, state, in_chans=None, img_size=None,
-                    channel_mode: str = "mean", model_args: dict | None = None) -> PointTransformer:  # fmt: skip
-        """An export read back with the strict key check of every domainfm backbone."""
-        from domainfm.backbones.loading import check_keys, loaded_cfg
-        from domainfm.errors import ConfigError
-
-        if in_chans not in (None, 3) or img_size is not None:
-            raise ConfigError(f"backbone={source} is a point encoder: in_chans / img_size do not apply")
-        model = cls(**{**saved_args, **(model_args or {})})
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        check_keys(str(source), cls.domainfm_architecture, missing, unexpected)
-        model.pretrained_cfg = loaded_cfg(pretrained_cfg, tuple(pretrained_cfg.get("input_size") or (1024, 3)), None)
-        model.domainfm_weights = str(source)
-        return model
+    def input_text(self) -> str:
+        return f"{self.num_group} FPS patches of {self.group_size} points"
 
 
 def init_weights(m: nn.Module) -> None:

@@ -53,6 +53,16 @@ def test_projection_and_back_projection_are_the_official_ones():
         pix = np.floor((cloud[:10][:, list(axes)[:2]] - lo) / grid) + 1 + shift
         np.testing.assert_allclose(read[0, v, :, 0].numpy(), pix[:, 0] * 64 + pix[:, 1], atol=1e-6)
 
+    # a coarse map (a ViT's patch grid): the official bicubic upsampling to S x S, read at the points' pixels
+    coarse = torch.randn(1, 3, 2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    up = torch.nn.functional.interpolate(coarse[0], size=(64, 64), mode="bicubic").reshape(3, 2, -1)
+    read = back_project(points, coarse, proj)
+    for v, axes in enumerate(VIEWS):
+        _, lo, grid, shift = _official_view(cloud[:, list(axes)], 64)
+        pix = np.floor((cloud[:, list(axes)[:2]] - lo) / grid) + 1 + shift
+        flat = torch.from_numpy(pix[:, 0] * 64 + pix[:, 1]).long()
+        torch.testing.assert_close(read[0, v], up[v][:, flat].T, rtol=0, atol=1e-9)
+
 
 def test_the_2d_guidance_reads_the_last_blocks_class_attention_and_masks_by_it():
     import timm

@@ -18,7 +18,7 @@ from domainfm.three_d import nerf_mae as nm
 from domainfm.three_d.synthetic_grids import sigma_for_alpha, write_synthetic_grids
 from safetensors.torch import load_file
 
-from tests.conftest import pretrain_in_process
+from tests.conftest import assert_resumes_exactly, pretrain_in_process
 
 
 def _official_loss(x, pred, pad, token_mask, p):
@@ -143,13 +143,7 @@ def test_nerf_mae_tiny_pretrains_exports_resumes_exactly_and_is_probed(grids, tm
     assert (once / "report" / "reconstructions.png").is_file()
     state = load_file(str(once / "export" / "model.safetensors"))
 
-    twice = tmp_path / "twice"  # as if killed after the step-2 checkpoint, then the same command again
-    pretrain_in_process([*common, f"run_dir={twice}", "trainer.max_steps=4"])
-    (twice / "checkpoints" / "step_00000004.pt").unlink()
-    shutil.rmtree(twice / "export")
-    assert pretrain_in_process([*common, f"run_dir={twice}", "trainer.max_steps=4"])["resumed_from"] == 2
-    b = load_file(str(twice / "export" / "model.safetensors"))
-    assert state.keys() == b.keys() and all(torch.equal(state[k], b[k]) for k in state)
+    assert_resumes_exactly(common, tmp_path / "twice", state)  # killed after step 2, same command again
 
     # the voxel probe (NeRF-MAE's semantic voxel task, frozen) through domainfm evaluate, beside random init
     from domainfm.commands.demo import random_init_export

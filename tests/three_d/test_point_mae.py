@@ -5,7 +5,6 @@ computation of the official forward (models/Point_MAE.py: visible tokens in orde
 
 import gzip
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from domainfm.three_d.point_encoder import PointTransformer, create_point_transf
 from domainfm.three_d.point_mae import PointMAE
 from safetensors.torch import load_file
 
-from tests.conftest import SHARED_DATA, pretrain_in_process
+from tests.conftest import SHARED_DATA, assert_resumes_exactly, pretrain_in_process
 from tests.three_d.test_grouping import _fps_reference
 
 
@@ -108,10 +107,4 @@ def test_point_mae_tiny_pretrains_exports_and_resumes_exactly(chairs, tmp_path):
     state = load_file(str(once / "export" / "model.safetensors"))
     assert all(k.startswith(("patch_embed.", "pos_embed.", "blocks.", "norm.")) for k in state)
 
-    twice = tmp_path / "twice"  # as if killed after the step-2 checkpoint, then the same command again
-    pretrain_in_process([*common, f"run_dir={twice}", "trainer.max_steps=4"])
-    (twice / "checkpoints" / "step_00000004.pt").unlink()
-    shutil.rmtree(twice / "export")
-    assert pretrain_in_process([*common, f"run_dir={twice}", "trainer.max_steps=4"])["resumed_from"] == 2
-    b = load_file(str(twice / "export" / "model.safetensors"))
-    assert state.keys() == b.keys() and all(torch.equal(state[k], b[k]) for k in state)
+    assert_resumes_exactly(common, tmp_path / "twice", state)  # killed after step 2, same command again

@@ -32,6 +32,7 @@ from domainfm.evaluation.datasets import LabeledSet, load_labeled
 from domainfm.evaluation.features import Preprocess
 from domainfm.evaluation.protocols import check_protocols
 from domainfm.three_d.datasets import PointClouds
+from domainfm.three_d.point_encoder import PointBackbone
 from domainfm.three_d.points import normalize_unit_sphere, subsample
 from omegaconf import DictConfig
 from torch import nn
@@ -115,7 +116,7 @@ def labeled_points(cfg: DictConfig, out: Path) -> tuple[LabeledSet, dict[str, tu
 def open_points(cfg: DictConfig, source: str) -> tuple[nn.Module, Preprocess, int]:
     """The point encoder of ``source``, its preprocessing record and the points per cloud."""
     encoder = load_backbone(source).eval()
-    if getattr(encoder, "domainfm_architecture", None) != "domainfm_point_transformer":
+    if not isinstance(encoder, PointBackbone):
         raise DataError(f"{source} is not a point encoder; data.points needs one (recipe=three_d/point_mae)")
     n = int(cfg.data.get("n_points") or (encoder.pretrained_cfg.get("input_size") or [1024])[0])
     return encoder, Preprocess(3, (n,), [0.0], [1.0]), n
