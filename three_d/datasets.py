@@ -52,6 +52,11 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
         return tuple(read(f)[0])
 
 
+def _occupancy(array: np.ndarray) -> bool:
+    """An occupancy grid (bool, or only 0 / 1 values), not a stack of point sets with coordinates."""
+    return array.dtype == bool or bool(np.isin(array, (0, 1)).all())
+
+
 class PointClouds(Dataset):
     def __init__(
         self,
@@ -95,7 +100,7 @@ class PointClouds(Dataset):
             array = array[:, 0]
         if array.ndim == 4:
             self._shapes[path] = [voxel_surface_points(a) for a in array]
-        elif array.ndim == 3 and array.shape[2] >= 3:
+        elif array.ndim == 3 and array.shape[2] >= 3 and not _occupancy(array):  # one D x H x W grid is one shape
             self._shapes[path] = [a[:, :3].astype(np.float32) for a in array]
         else:
             return False

@@ -109,3 +109,7 @@ def test_modelnet_voxel_shapes_become_seeded_masked_samples(tmp_path):
     every = normalize_unit_sphere(np.unique(got, axis=0))  # all of the shape's points, padded by repeats
     assert len(every) == len(raw) and np.allclose(np.sort(every, axis=0), np.sort(raw, axis=0), atol=1e-4)
     assert data.preprocess_info() == {"n_points": 256, "normalization": "unit_sphere", "sampling": "random"}
+    (tmp_path / "one").mkdir()
+    np.save(tmp_path / "one" / "grid.npy", grids[full[0], 0])
+    one = PointClouds(tmp_path / "one", n_points=4000, augment=False)  # one bare 32^3 grid: one shape, not 32 sets
+    assert len(one) == 1 and len(one.points(0)) == len(raw)
