@@ -106,8 +106,8 @@ def read_grids(data: Path) -> tuple[list[np.ndarray], np.ndarray, int]:
 
 
 def write_shapes(grids: list[np.ndarray], labels: np.ndarray, splits: np.ndarray, root: Path) -> Path:
-    """``root/{pretrain,test}/<class>/<i>.npy`` (one ``1 x 32^3`` grid each: a file of one shape; a bare ``32^3``
-    array would be read as 32 point sets) and ``root/labels.csv`` (``path,label,split``); returns the CSV."""
+    """``root/{pretrain,test}/<class>/<i>.npy`` (one ``1 x 32^3`` grid each: a file of one shape) and
+    ``root/labels.csv`` (``path,label,split``); returns the CSV."""
     rows = []
     for i, (grid, label, split) in enumerate(zip(grids, labels, splits)):
         rel = Path("test" if split == "test" else "pretrain") / CLASSES[label] / f"{i:04d}.npy"
