@@ -25,14 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 CHAIRS = REPO.parent / "shared" / "data" / "three_d" / "modelnet10_vox32_chair.npy.gz"
 
 
-def clouds(batch: int, n: int) -> torch.Tensor:
+def clouds(batch: int, n: int, min_points: int = 16) -> torch.Tensor:
+    """``batch`` real ModelNet10 chairs (voxel surfaces of at least ``min_points``), ``n`` random points each, in the
+    unit sphere (seed 0)."""
     with gzip.open(CHAIRS) as f:
         grids = np.load(f)
     rng = np.random.default_rng(0)
     out = []
     for g in grids:
         pts = voxel_surface_points(g[0])
-        if len(pts) >= 16:
+        if len(pts) >= min_points:
             out.append(normalize_unit_sphere(subsample(pts, n, "random", rng)))
         if len(out) == batch:
             break

@@ -5,6 +5,9 @@ redistributable labeled 3D set is bundled), pretrains ``three_d/point_mae_tiny``
 the ModelNet protocol (``domainfm evaluate data.points= protocol=[svm,knn]``, ``[max | mean]`` features) for the
 pretrained encoder and the same encoder at random initialisation, with 95 % bootstrap CIs.
 
+``method=i2p_mae``: I2P-MAE (tiny) instead of Point-MAE, guided by a 2D ViT that MAE pretrains first on the meshes'
+depth views (no pretrained 2D weights can be downloaded; ``domainfm.three_d.depth_guide``), then the same protocol.
+
 ``method=nerf_mae``: radiance grids instead. It fits a grid to the 100 bundled lego views (64 px, ``domainfm
 radiance_grid``), pretrains ``three_d/nerf_mae_tiny`` on it and on synthetic scenes of primitives (no labeled
 radiance grid is redistributable; ``three_d/synthetic_grids.py``), and runs the voxel probe (``domainfm evaluate
@@ -57,27 +60,47 @@ def main(
     scenes: int | str = 60,
     fit_steps: int | str = 300,
     probe_scenes: int | str = 24,
+    guide_steps: int | str = 100,
 ) -> dict:
     """``domainfm demo three_d [out=<folder>] [steps=<n>] [per_class=<n>]`` (about 2 min on 2 CPU cores);
+    ``method=i2p_mae [guide_steps=<n>]`` for I2P-MAE (a 2D guide pretrained on the meshes' depth views first);
     ``method=nerf_mae [steps=<n>] [scenes=<n>] [fit_steps=<n>] [probe_scenes=<n>]`` for radiance grids."""
     if method == "nerf_mae":
         steps = 80 if steps is None else int(steps)
         return nerf_mae_demo(out, steps, int(scenes), int(fit_steps), int(probe_scenes))
-    if method != "point_mae":
-        raise ValueError(f"method={method!r}: the 3D demo runs point_mae or nerf_mae")
+    if method not in ("point_mae", "i2p_mae"):
+        raise ValueError(f"method={method!r}: the 3D demo runs point_mae, i2p_mae or nerf_mae")
+    default = 150 if method == "i2p_mae" else 300  # an I2P-MAE step (2D guide included) costs ~4 Point-MAE steps
+    return point_demo(out, method, default if steps is None else int(steps), int(per_class), int(guide_steps))
+
+
+def point_demo(out: str | Path, method: str, steps: int, per_class: int, guide_steps: int = 100) -> dict:
+    """Meshes -> Point-MAE or I2P-MAE (tiny) -> linear SVM and kNN vs random init (module docstring)."""
     from domainfm.commands import evaluate, pretrain
 
-    steps = 300 if steps is None else steps
     start = time.perf_counter()
-    out, steps, per_class = Path(out).resolve(), int(steps), int(per_class)
-    print(f"[1/3] writing {len(CLASSES)} x {per_class} synthetic meshes ({', '.join(CLASSES)}): .off / .ply / .obj")
+    out, guided = Path(out).resolve(), method == "i2p_mae"
+    n = 4 if guided else 3
+    print(f"[1/{n}] writing {len(CLASSES)} x {per_class} synthetic meshes ({', '.join(CLASSES)}): .off / .ply / .obj")
     shapes = write_shapes(out / "shapes", per_class)
-    run = out / "point_mae_tiny"
+    extra = []
+    if guided:
+        from domainfm.three_d.depth_guide import depth_guide_overrides, write_depth_images
+
+        count = write_depth_images(shapes, out / "depth_images", 512, 64)
+        guide_args = depth_guide_overrides(out / "depth_images", out / "guide", 64, guide_steps)
+        print(f"\n[2/{n}] the 2D guide: MAE (ViT-Tiny/8) for {guide_steps} steps on the meshes' {count} depth views "
+              "(no CLIP weights here)", flush=True)  # fmt: skip
+        print("      by hand: domainfm pretrain " + " ".join(guide_args), flush=True)
+        pretrain.run(compose_config("pretrain", guide_args))
+        extra = [f"method.guide={out / 'guide' / 'export'}", "method.image_size=64", "data.batch_size=16"]
+    run = out / f"{method}_tiny"
     pretrain_args = [
-        "recipe=three_d/point_mae_tiny", f"data.root={shapes}", f"run_dir={run}", f"trainer.max_steps={steps}",
-        f"trainer.checkpoint_every={steps}", "data.dataset.surface_points=2048",
+        f"recipe=three_d/{method}_tiny", f"data.root={shapes}", f"run_dir={run}", f"trainer.max_steps={steps}",
+        f"trainer.checkpoint_every={steps}", "data.dataset.surface_points=2048", *extra,
     ]  # fmt: skip
-    print(f"\n[2/3] Point-MAE (tiny) for {steps} steps on the meshes' surface points (labels unused)", flush=True)
+    name = "I2P-MAE" if guided else "Point-MAE"
+    print(f"\n[{n - 1}/{n}] {name} (tiny) for {steps} steps on the meshes' surface points (labels unused)", flush=True)
     print("      by hand: domainfm pretrain " + " ".join(pretrain_args), flush=True)
     pretrain.run(compose_config("pretrain", pretrain_args))
     baseline = random_init_export(run, out / "random_init" / "export")
@@ -85,7 +108,7 @@ def main(
         f"data.points={shapes}", f"backbone=[{run},{baseline.parent}]", "protocol=[svm,knn]", "pooling=both",
         f"run_dir={out / 'evaluate'}",
     ]  # fmt: skip
-    print("\n[3/3] linear SVM and kNN on frozen [max | mean] features: pretrained vs random init", flush=True)
+    print(f"\n[{n}/{n}] linear SVM and kNN on frozen [max | mean] features: pretrained vs random init", flush=True)
     print("      by hand: domainfm evaluate " + " ".join(evaluate_args), flush=True)
     results = evaluate.run(compose_config("evaluate", evaluate_args))
     trained, base = (rows[0] for rows in results.values())  # svm first, in the order of backbone=[...]

@@ -25,6 +25,21 @@ def test_the_demo_goes_from_meshes_to_svm_results(tmp_path):
         )
 
 
+def test_the_i2p_mae_demo_pretrains_a_depth_view_guide_first(tmp_path):
+    result = demo.main(out=str(tmp_path), method="i2p_mae", steps="2", per_class="4", guide_steps="2")
+    assert len(list((tmp_path / "depth_images").glob("*.png"))) == 3 * 20  # 3 views of each of the 20 meshes
+    guide = json.loads((tmp_path / "guide" / "export" / "config.json").read_text())
+    assert guide["pretrained_cfg"]["input_size"] == [3, 64, 64] and guide["pretrained_cfg"]["mean"] == [
+        0.485,
+        0.456,
+        0.406,
+    ]
+    run = json.loads((tmp_path / "i2p_mae_tiny" / "export" / "config.json").read_text())
+    assert run["model_class"] == "domainfm.three_d.hierarchical_encoder:HierarchicalPointEncoder"
+    assert set(result["results"]) == {"i2p_mae_tiny", "random_init"}
+    assert [r["protocol"] for r in result["results"]["i2p_mae_tiny"]] == ["svm", "knn"]
+
+
 def test_the_nerf_mae_demo_goes_from_posed_views_to_a_voxel_probe(tmp_path, capsys):
     from domainfm.sample_data import sample_path
 

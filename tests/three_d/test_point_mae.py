@@ -23,6 +23,7 @@ def test_encoder_layers_are_point_maes():
     convs = [m for m in enc.patch_embed.modules() if isinstance(m, torch.nn.Conv1d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 128), (128, 256), (512, 512), (512, 384)]
     assert len(enc.blocks) == 12 and enc.blocks[0].attn.qkv.bias is None and enc.blocks[0].attn.num_heads == 6
+    assert enc.blocks[0].norm1.eps == enc.blocks[0].norm2.eps == 1e-5  # nn.LayerNorm, as the official blocks
     assert [m.out_features for m in enc.pos_embed if isinstance(m, torch.nn.Linear)] == [128, 384]
     assert enc.num_group == 64 and enc.group_size == 32
     mae = PointMAE(enc)
