@@ -56,7 +56,6 @@ from domainfm.three_d.point_mae import PointMAE
 from paired_steps import compare_steps
 from point_grouping import clouds
 
-REPO = Path(__file__).resolve().parents[1]
 LR, WD = 1e-3, 0.05
 
 
