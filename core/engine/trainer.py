@@ -193,6 +193,18 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.cfg
         self.method.to(self.device)
+        monitor = RankMonitor.build(
+            self.method,
+            self.dataset,
+            self.transform,
+            self.collate_fn,
+            cfg.rank_samples,
+            cfg.rank_every,
+            cfg.collapse_fraction,
+            cfg.seed + 104_729,
+        )
+        if monitor is not None:  # the rank at initialisation (before any wrapping; the same for a resumed run)
+            monitor.begin(self.method, self.device, self.precision)
         self.strategy = Strategy.create(cfg.strategy, self.method, self.device, self.world)
         self.model = self.strategy.model
         if cfg.compile:
@@ -209,16 +221,7 @@ class Trainer:
         torch.manual_seed(cfg.seed + 1_000_003 * (self.rank + 1))  # runtime randomness (dropout, drop-path)
         self._resume()
         if self.step < cfg.max_steps and not self.stopped_early:  # the fixed batch costs start-up time: only to train
-            self.rank_monitor = RankMonitor.build(
-                self.method,
-                self.dataset,
-                self.transform,
-                self.collate_fn,
-                cfg.rank_samples,
-                cfg.rank_every,
-                cfg.collapse_fraction,
-                cfg.seed + 104_729,
-            )
+            self.rank_monitor = monitor
         if cfg.lr_scaling != "none" and dist_utils.is_main():
             log.info(
                 "lr %.3g: %s scaling of %.3g for a global batch of %d (base %d)",

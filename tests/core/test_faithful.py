@@ -177,13 +177,28 @@ class RandomImages(torch.utils.data.Dataset):
         return {"image": self.x[i]}
 
 
-def _mae_run(tmp_path, collapse: bool, name: str):
+def _collapse(method) -> None:
+    """Every input maps to (almost) the same point: the final norm outputs its bias."""
+    with torch.no_grad():
+        method.backbone.norm.weight.zero_()
+        method.backbone.norm.bias.normal_()
+
+
+class CollapsingMAE(MAE):
+    """Healthy at the start, collapsed by its first step (as a run whose lr or views break it)."""
+
+    def after_step(self, ctx):
+        super().after_step(ctx)
+        if ctx.step == 1:
+            _collapse(self)
+
+
+def _mae_run(tmp_path, collapse: str | None, name: str):
     torch.manual_seed(0)
-    method = MAE(_vit(), decoder_dim=32, decoder_depth=1, decoder_heads=2, norm_pix_loss=False)
-    if collapse:  # every input maps to the same point: the final norm outputs its bias
-        with torch.no_grad():
-            method.backbone.norm.weight.zero_()
-            method.backbone.norm.bias.normal_()
+    cls = CollapsingMAE if collapse == "during" else MAE
+    method = cls(_vit(), decoder_dim=32, decoder_depth=1, decoder_heads=2, norm_pix_loss=False)
+    if collapse == "from_init":
+        _collapse(method)
     cfg = TrainerConfig(
         max_steps=4, batch_size=8, lr=1e-4, device="cpu", num_workers=0, progress=False, tensorboard=False,
         rank_every=2, rank_samples=32, checkpoint_every=100,
@@ -195,14 +210,21 @@ def test_collapse_monitor_warns_on_a_collapsed_model_and_logs_the_rank(tmp_path,
     from domainfm.common.runlog import read_metrics
 
     with caplog.at_level(logging.WARNING, logger="domainfm"):
-        healthy = _mae_run(tmp_path, False, "healthy")
+        healthy = _mae_run(tmp_path, None, "healthy")
     assert healthy.collapsed_at is None and healthy.final_rank > 3  # mean-pooled noise images: ~4.5
     assert not [r for r in caplog.records if "collapsing" in r.message]
     with caplog.at_level(logging.WARNING, logger="domainfm"):
-        collapsed = _mae_run(tmp_path, True, "collapsed")
+        collapsed = _mae_run(tmp_path, "during", "collapsed")
     assert collapsed.collapsed_at == 2 and collapsed.final_rank < 1.5
-    warnings = [r.message for r in caplog.records if "collapsing" in r.message]
+    warnings = [r.getMessage() for r in caplog.records if "collapsing" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith("step 2: the embeddings are collapsing")
+    assert "at step 0)" in warnings[0]  # names the rank at initialisation it fell from
+    caplog.clear()  # low from the start and never falling (Point-MAE's mean-pooled tokens start near 1): no warning
+    with caplog.at_level(logging.INFO, logger="domainfm"):
+        low = _mae_run(tmp_path, "from_init", "low_from_init")
+    assert low.collapsed_at is None and low.final_rank < 1.5
+    assert not [r for r in caplog.records if "collapsing" in r.getMessage()]
+    assert [r for r in caplog.records if "not a collapse" in r.getMessage()]
     rows = [r for r in read_metrics(tmp_path / "collapsed") if "rankme" in r]
     assert [r["step"] for r in rows] == [2, 4] and rows[0]["rankme_max"] == 32
     assert "COLLAPSING since step 2" in collapsed.render()
