@@ -10,15 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+from domainfm.three_d.depth_projection import IMAGENET_MEAN, IMAGENET_STD, project_depth
 
 
 def write_depth_images(clouds: str | Path, out: Path, n_points: int = 512, size: int = 64) -> int:
     """Every cloud's three depth views (what :class:`~domainfm.three_d.datasets.PointClouds` reads under ``clouds``,
     no augmentation) as 8-bit grey PNGs in RGB under ``out``; returns the number of images."""
     from domainfm.three_d.datasets import PointClouds
-    from domainfm.three_d.depth_projection import project_depth
     from PIL import Image
 
     data = PointClouds(clouds, n_points=n_points, augment=False)
@@ -37,11 +35,11 @@ def depth_guide_overrides(images: Path, run: Path, size: int, steps: int, batch:
     """``domainfm pretrain`` overrides for the guide: ``core/mae_vit_tiny`` at ``size`` px on ``images``."""
     return [
         "recipe=core/mae_vit_tiny", f"data.root={images}", f"run_dir={run}", f"preprocess.img_size={size}",
-        f"preprocess.mean={_listed(IMAGENET[0])}", f"preprocess.std={_listed(IMAGENET[1])}",
+        f"preprocess.mean={_listed(IMAGENET_MEAN)}", f"preprocess.std={_listed(IMAGENET_STD)}",
         "method.norm_pix_loss=false", f"trainer.max_steps={steps}", f"trainer.checkpoint_every={steps}",
         f"data.batch_size={batch}",
     ]  # fmt: skip
 
 
-def _listed(values: list[float]) -> str:
+def _listed(values: tuple[float, ...]) -> str:
     return "[" + ",".join(str(v) for v in values) + "]"  # no spaces: the printed command can be pasted into a shell

@@ -61,11 +61,14 @@ def group_points(xyz: torch.Tensor, num_group: int, group_size: int) -> tuple[to
     return neighborhood, centers
 
 
+def square_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(B, N, M)`` squared distances between ``a (B, N, 3)`` and ``b (B, M, 3)`` as ``|a|^2 + |b|^2 - 2 a.b`` (one
+    batched matmul, 3x faster than broadcasting the differences on the CPU; may dip below 0 by rounding)."""
+    return (a * a).sum(-1)[:, :, None] + (b * b).sum(-1)[:, None] - 2 * torch.bmm(a, b.transpose(1, 2))
+
+
 def _nearest_sq(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # |a|^2 + |b|^2 - 2 a.b by one batched matmul (3x faster than broadcasting the differences on the CPU);
-    # clamped at 0 against rounding, so the gradient is finite everywhere
-    d = (a * a).sum(-1)[:, :, None] + (b * b).sum(-1)[:, None] - 2 * torch.bmm(a, b.transpose(1, 2))
-    d = d.clamp_min(0)
+    d = square_distances(a, b).clamp_min(0)  # clamped against rounding, so the gradient is finite everywhere
     return d.min(dim=2).values, d.min(dim=1).values
 
 

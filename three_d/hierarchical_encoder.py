@@ -65,9 +65,8 @@ def group_levels(xyz: torch.Tensor, num_groups: list[int], group_sizes: list[int
 def lower_visible(visible: torch.Tensor, index: torch.Tensor, count: int) -> torch.Tensor:
     """I2P-MAE's multi-scale masking, one level down: a token of the level below is visible when it is a neighbour
     of a visible token of this level (``(B, G)`` visible, ``(B, G, K)`` index -> ``(B, count)``)."""
-    lower = torch.zeros(visible.shape[0], count, dtype=torch.bool, device=visible.device)
-    hits = torch.where(visible[:, :, None], index, count)  # masked tokens point past the end
-    lower = torch.cat([lower, lower[:, :1]], dim=1)
+    hits = torch.where(visible[:, :, None], index, count)  # masked tokens point at an extra last column
+    lower = torch.zeros(visible.shape[0], count + 1, dtype=torch.bool, device=visible.device)
     lower.scatter_(1, hits.reshape(len(hits), -1), True)
     return lower[:, :count]
 

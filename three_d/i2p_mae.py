@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from domainfm.methods.base import Method, StepContext
 from domainfm.three_d.depth_projection import back_project, project_depth, to_model_input
-from domainfm.three_d.grouping import chamfer_l2, gather_points
+from domainfm.three_d.grouping import chamfer_l2, gather_points, square_distances
 from domainfm.three_d.hierarchical_encoder import HierarchicalPointEncoder, Levels
 from domainfm.three_d.image_guidance import attention_and_features, guided_mask
 from domainfm.three_d.point_encoder import blocks, position_mlp
@@ -88,12 +88,7 @@ class TokenPropagation(nn.Module):
         if coarse.shape[1] == 1:
             interpolated = coarse_tokens.expand(-1, fine.shape[1], -1)
         else:
-            d = (
-                (fine * fine).sum(-1)[:, :, None]
-                + (coarse * coarse).sum(-1)[:, None]
-                - 2 * fine @ coarse.transpose(1, 2)
-            )
-            d, idx = d.topk(3, dim=-1, largest=False)
+            d, idx = square_distances(fine, coarse).topk(3, dim=-1, largest=False)
             w = 1.0 / (d + 1e-8)
             w = w / w.sum(-1, keepdim=True)
             interpolated = (gather_points(coarse_tokens, idx) * w[..., None]).sum(2)

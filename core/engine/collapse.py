@@ -49,7 +49,7 @@ class RankMonitor:
         self.inputs, self.every, self.fraction = inputs, every, fraction
         self.collapsed_at: int | None = None
         self.last: float | None = None
-        self.start: tuple[int, float] | None = None  # (step, rank) when this run started
+        self.start: float | None = None  # the rank at initialisation
         self._told_low = False
 
     @classmethod
@@ -80,16 +80,16 @@ class RankMonitor:
     def begin(self, method, device: torch.device, precision: str) -> None:
         """The rank at initialisation (before any step or resume; a resumed run's seeded initialisation is the same):
         a collapse must fall below it."""
-        self.start = (0, self.rank(method, device, precision)[0])
+        self.start = self.rank(method, device, precision)[0]
 
     def measure(self, method, step: int, device: torch.device, precision: str) -> dict[str, float]:
         rank, limit = self.rank(method, device, precision)
         self.last = rank
         low = rank < max(2.0, self.fraction * limit)
-        fell = self.start is None or rank < 0.9 * self.start[1]  # by more than rounding
+        fell = self.start is None or rank < 0.9 * self.start  # by more than rounding
         if self.collapsed_at is None and low and fell:
             self.collapsed_at = step
-            since = "" if self.start is None else f" ({self.start[1]:.2f} at step {self.start[0]})"
+            since = "" if self.start is None else f" ({self.start:.2f} at step 0)"
             log.warning(
                 "step %d: the embeddings are collapsing: effective rank (RankMe) %.2f of at most %d on the fixed "
                 "batch%s (loss may still fall); check the lr, the views and the method's anti-collapse settings",
@@ -101,11 +101,11 @@ class RankMonitor:
         elif low and not self._told_low and self.collapsed_at is None:
             self._told_low = True
             log.info(
-                "step %d: effective rank (RankMe) %.2f of at most %d, low but not below its start (%.2f at step %d): "
+                "step %d: effective rank (RankMe) %.2f of at most %d, low but not below its start (%.2f at step 0): "
                 "not a collapse",
                 step,
                 rank,
                 limit,
-                *self.start[::-1],
+                self.start,
             )
         return {"rankme": rank, "rankme_max": float(limit)}

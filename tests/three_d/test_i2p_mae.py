@@ -208,6 +208,6 @@ def test_i2p_mae_tiny_pretrains_exports_and_resumes_exactly(monitors, tmp_path):
     assert model.forward_features(torch.randn(2, 256, 3)).shape == (2, 1 + 8, 192)  # [max | top tokens]
     state = load_file(str(once / "export" / "model.safetensors"))
     assert all(k.startswith(("token_embed.", "pos_embeds.", "levels.", "norms.")) for k in state)
-    checkpoint = torch.load(once / "checkpoints" / "step_00000004.pt", weights_only=False)
+    checkpoint = torch.load(once / "checkpoints" / "step_00000004.pt", weights_only=True)
     assert not any("guide." in k for k in checkpoint["model"])  # the 2D model is not copied into checkpoints
     assert_resumes_exactly(common, tmp_path / "twice", state)  # killed after step 2, same command again
