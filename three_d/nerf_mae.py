@@ -80,6 +80,18 @@ def fit_grid(grid: torch.Tensor, size: int) -> torch.Tensor:
     return grid if shape is None else F.interpolate(grid[None], size=shape, mode="area")[0]
 
 
+def turn_and_flip(grid: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """NeRF-MAE's augmentation of a ``(C, W, L, H)`` grid, three booleans: rotate 90 degrees about z (transpose W and
+    L, then flip W: the official order), flip W, flip L."""
+    if flips[0]:
+        grid = grid.transpose(1, 2).flip(1)
+    if flips[1]:
+        grid = grid.flip(1)
+    if flips[2]:
+        grid = grid.flip(2)
+    return grid
+
+
 def block_mask(tokens: tuple[int, int, int], block: int = 4, ratio: float = 0.75, generator=None) -> torch.Tensor:
     """``(prod(tokens),)`` bool token mask: each ``block^3`` block of tokens masked with probability ``ratio``
     (``window_masking_3d``, random strategy; a partial block at a high edge is never masked, as its loop)."""
@@ -174,7 +186,9 @@ class NeRFMAE(Method):
         return batch.get("image")
 
     def no_weight_decay(self) -> set[str]:
-        return set()  # the official AdamW decays every parameter (weight decay 1e-3)
+        return (
+            set()
+        )  # no extra exemptions: the official decays every parameter; the engine still exempts norms and biases
 
     def report(self, batch, out_dir, preprocess) -> list:
         from domainfm.three_d.grid_figures import reconstruction_figure
@@ -250,13 +264,7 @@ class RadianceGrids(Dataset):
     def prepare(self, index: int, generator: torch.Generator) -> dict[str, Any]:
         grid = self.grid(index)
         if self.augment:
-            flips = torch.rand(3, generator=generator) < 0.5
-            if flips[0]:  # rotate 90 degrees about z: transpose W and L, then flip W (the official order)
-                grid = grid.transpose(1, 2).flip(1)
-            if flips[1]:
-                grid = grid.flip(1)
-            if flips[2]:
-                grid = grid.flip(2)
+            grid = turn_and_flip(grid, torch.rand(3, generator=generator) < 0.5)
         image, pad = pad_grid(grid.contiguous(), self.size)
         tokens = (self.size // self.patch,) * 3
         return {"image": image, "pad": pad, "mask": block_mask(tokens, self.block, self.ratio, generator)}

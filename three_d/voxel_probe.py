@@ -130,6 +130,12 @@ def voxel_probe(encoder: nn.Module, scenes: list[LabeledGrid], splits: np.ndarra
             best = (miou, float(c), model)
     _, c, model = best
     per_scene = [confusion(y, predict(model, x), classes)[1:, 1:] for x, y in sets["test"]]
+    return {**scene_scores(per_scene, n_boot, seed), "C": c,
+            "scenes": {s: int((splits == s).sum()) for s in ("train", "val", "test")}}  # fmt: skip
+
+
+def scene_scores(per_scene: list[np.ndarray], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Metrics over the summed per-scene confusions, 95 % CIs resampling scenes, per-class IoU, voxel count."""
     total = sum(per_scene)
     point = segmentation_metrics(total)
     boots = [
@@ -138,6 +144,4 @@ def voxel_probe(encoder: nn.Module, scenes: list[LabeledGrid], splits: np.ndarra
     ci = {m: [float(v) for v in np.percentile([b[m] for b in boots], [2.5, 97.5])] for m in point}
     tp, union = np.diag(total), total.sum(0) + total.sum(1) - np.diag(total)
     per_class = [float(t / u) if u else None for t, u in zip(tp, union)]
-    return {"metrics": point, "ci": ci, "iou_per_class": per_class, "C": c,
-            "scenes": {s: int((splits == s).sum()) for s in ("train", "val", "test")},
-            "test_voxels": int(total.sum())}  # fmt: skip
+    return {"metrics": point, "ci": ci, "iou_per_class": per_class, "test_voxels": int(total.sum())}

@@ -35,18 +35,19 @@ def render_table(results: dict[str, dict], notes: list[str]) -> str:
     return "\n".join([*lines, "", *notes])
 
 
+def write_splits(cfg: DictConfig, scenes, splits, out: Path) -> None:
+    """``splits.csv``: each scene (relative to ``data.grids``) and its split."""
+    rows = [f"{Path(s.path).relative_to(Path(cfg.data.grids))},{sp}\n" for s, sp in zip(scenes, splits)]
+    atomic_write_bytes(("scene,split\n" + "".join(rows)).encode(), out / "splits.csv")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_config(cfg, out)
     scenes = read_labeled_grids(cfg.data.grids)
     splits = split_scenes(len(scenes), int(cfg.split.seed), float(cfg.voxel_probe.val), float(cfg.voxel_probe.test))
-    rows = [
-        {"scene": str(Path(s.path).relative_to(Path(cfg.data.grids))), "split": sp} for s, sp in zip(scenes, splits)
-    ]
-    atomic_write_bytes(
-        ("scene,split\n" + "".join(f"{r['scene']},{r['split']}\n" for r in rows)).encode(), out / "splits.csv"
-    )
+    write_splits(cfg, scenes, splits, out)
     sources = backbone_sources(cfg)
     names = backbone_names(sources)
     results = {}
