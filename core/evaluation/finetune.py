@@ -9,6 +9,9 @@ last ``n`` blocks, the final norm and the head (``null``: everything). ``balance
 often. Training views: random resized crop (scale 0.5-1) + horizontal flip, with the weights' mean/std;
 evaluation views: resize + centre crop. The checkpoint that scores best on the validation split
 (``trainer.monitor``, default balanced accuracy) is the one tested; the test split is never looked at before.
+Optional (DeiT / MAE finetuning, timm's implementations): ``mixup`` / ``cutmix`` alphas (timm ``Mixup``, per batch,
+``mix_prob``, ``switch_prob``; soft-target cross-entropy, label smoothing inside the mix; an odd batch is not mixed)
+and ``erase`` (timm ``RandomErasing``, per-pixel normal noise, one region, on the normalised view).
 """
 
 from __future__ import annotations
@@ -64,10 +67,20 @@ class Classifier(Method):
         train_blocks: int | None = None,
         drop_path: float = 0.1,
         label_smoothing: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        mix_prob: float = 1.0,
+        switch_prob: float = 0.5,
     ):
         super().__init__()
         self.backbone = backbone
         self.pooling, self.layer_decay, self.label_smoothing = pooling, layer_decay, label_smoothing
+        self.mix = None
+        if mixup > 0 or cutmix > 0:
+            from timm.data import Mixup
+
+            self.mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mix_prob, switch_prob=switch_prob,
+                             label_smoothing=label_smoothing, num_classes=n_classes)  # fmt: skip
         dim = backbone.num_features * (2 if pooling == "both" else 1)
         self.head = nn.Linear(dim, n_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)
@@ -87,11 +100,33 @@ class Classifier(Method):
         return self.head(pool_tokens(tokens, int(self.backbone.num_prefix_tokens), self.pooling))
 
     def forward(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
-        logits = self.logits(batch["image"])
-        return {"loss": F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.label_smoothing)}
+        images, labels = batch["image"], batch["label"]
+        if self.mix is not None and self.training and len(images) % 2 == 0:
+            if images.ndim != 4:
+                raise ConfigError("finetune.mixup / finetune.cutmix mix images (B, C, H, W); set them to 0 here")
+            images, soft = self.mix(images, labels)  # NumPy's RNG: saved and restored by the engine's checkpoints
+            logits = self.logits(images).float()
+            return {"loss": torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()}
+        logits = self.logits(images)
+        return {"loss": F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)}
 
     def optim_groups(self) -> list[dict]:
         return layer_decay_groups(self, "backbone.", self.num_blocks, self.layer_decay)
+
+
+class ErasedView:
+    """``view`` then timm's ``RandomErasing`` (probability ``p``, mode ``pixel``, one region) on its ``(C, H, W)``."""
+
+    def __init__(self, view: Callable[[torch.Tensor], torch.Tensor], p: float):
+        from timm.data.random_erasing import RandomErasing
+
+        self.view, self.erase = view, RandomErasing(probability=p, mode="pixel", max_count=1, device="cpu")
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.view(image)
+        if x.ndim != 3:
+            raise ConfigError(f"finetune.erase erases image regions (C, H, W); this view gives {tuple(x.shape)}")
+        return self.erase(x)
 
 
 def layer_decay_groups(method: Method, prefix: str, num_blocks: int, decay: float) -> list[dict]:
@@ -147,6 +182,11 @@ def finetune(
     crop_scale: Sequence[float] = (0.5, 1.0),
     hflip: float = 0.5,
     vflip: float = 0.0,
+    mixup: float | None = 0.0,
+    cutmix: float | None = 0.0,
+    mix_prob: float = 1.0,
+    switch_prob: float = 0.5,
+    erase: float | None = 0.0,
     make_set: MakeSet | None = None,
     train_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[Classifier, RunSummary, int]:
@@ -161,10 +201,13 @@ def finetune(
     channels = channels or preprocess.in_chans
     make_set = make_set or image_sets(channels)
     torch.manual_seed(cfg.seed)
-    method = Classifier(backbone, n_classes, pooling, layer_decay, train_blocks, drop_path, label_smoothing)
+    method = Classifier(backbone, n_classes, pooling, layer_decay, train_blocks, drop_path, label_smoothing,
+                        float(mixup or 0), float(cutmix or 0), mix_prob, switch_prob)  # fmt: skip
     view = train_view or RandomView(
         preprocess.size, preprocess.mean, preprocess.std, scale=crop_scale, hflip=hflip, vflip=vflip
     )
+    if erase:
+        view = ErasedView(view, float(erase))
     val_set = make_set(val, preprocess.view())
 
     def validate(m: Classifier) -> dict[str, float]:

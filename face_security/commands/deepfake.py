@@ -10,8 +10,13 @@ reports them (``fsfm-3c/finuetune/cross_dataset_DfD/engine_finetune.py`` + ``uti
   ``finetune, per video`` (the same on video means, video EER); ``<run>/test_scores.csv`` holds every test frame's
   video, label and score (probability of the second class in alphabetical order: ``real`` of fake/real, as in
   FSFM where score = P(real)).
-- The core's training recipe (layer-wise lr decay, drop path, crop + flip, best-on-val checkpoint). Deviation:
-  FSFM's finetuning adds mixup 0.8 / cutmix 1.0 and random erasing 0.25 (timm), which the core does not have.
+- ``task=antispoofing`` adds FSFM's cross-domain FAS figures to both rows' details (``face_security.metrics``):
+  HTER at the scored set's own EER threshold (as published), HTER at 0.5, TPR at FPR = 1 %, with real / live as
+  the bona fide class.
+- The core's training recipe (layer-wise lr decay, drop path, crop + flip, best-on-val checkpoint) with FSFM's
+  regularisers as this task's defaults (``main_finetune_DfD.py`` as its README runs it: ``--mixup 0.8 --cutmix 1.0
+  --reprob 0.25``, timm's Mixup / RandomErasing, pixel mode): ``finetune.mixup`` / ``cutmix`` / ``erase`` left null
+  become 0.8 / 1.0 / 0.25; give 0 to turn one off.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from domainfm.engine.runlock import RunLock
 from domainfm.errors import DataError
 from domainfm.evaluation.datasets import LabeledSet, load_labeled, read_table
 from domainfm.evaluation.results import ProtocolResult
-from domainfm.face_security.metrics import eer, video_level
-from omegaconf import DictConfig
+from domainfm.face_security.metrics import bona_fide_index, eer, fas_scores, video_level
+from omegaconf import DictConfig, open_dict
+
+FSFM_REGULARISERS = {"mixup": 0.8, "cutmix": 1.0, "erase": 0.25}
 
 
 def video_ids(data: LabeledSet, csv_path: str | None) -> np.ndarray:
@@ -59,8 +66,18 @@ def faces_data(cfg: DictConfig, out: Path) -> tuple[LabeledSet, dict[str, str]]:
     return data, dict(zip(data.ids, videos))  # splitting keeps the order
 
 
-def per_video(videos: dict[str, str], n_boot: int, seed: int):
-    """``more_results`` for :func:`finetune_backbones`: the video-level row, frame EER, ``test_scores.csv``."""
+def _with_fas(details: dict, labels: np.ndarray, probs: np.ndarray, classes) -> None:
+    """Anti-spoofing figures (HTER, TPR at FPR 1 %) into ``details``, bona fide positive; both classes needed."""
+    k = bona_fide_index(classes)
+    if len(set(labels.tolist())) == 2:
+        fas = fas_scores(labels == k, probs[:, k])
+        details.update({key: fas[key] for key in ("hter", "hter_at_0.5", "tpr_at_fpr_1pct")})
+        details["selected"] += f"; HTER {fas['hter']:.3f} (at 0.5: {fas['hter_at_0.5']:.3f})"
+
+
+def per_video(videos: dict[str, str], n_boot: int, seed: int, antispoofing: bool = False):
+    """``more_results`` for :func:`finetune_backbones`: the video-level row, frame EER, ``test_scores.csv``
+    (``antispoofing``: HTER and TPR at FPR 1 % too)."""
 
     def rows(name: str, test: LabeledSet, result: ProtocolResult, run_dir: Path) -> list[ProtocolResult]:
         frame_videos = [videos[i] for i in test.ids]
@@ -72,6 +89,9 @@ def per_video(videos: dict[str, str], n_boot: int, seed: int):
         result.details["eer"] = frame_eer
         result.details["selected"] = f"{result.details['selected']}; EER {frame_eer:.3f}"
         details = {"selected": f"mean of frame scores; EER {video_eer:.3f}", "eer": video_eer, "videos": len(ids)}
+        if antispoofing:
+            _with_fas(result.details, np.asarray(labels), result.probs, result.classes)
+            _with_fas(details, np.asarray(v_labels), v_probs, result.classes)
         video_result = ProtocolResult.from_predictions(
             "finetune, per video", result.classes, v_labels, v_probs, n_boot, seed, details
         )
@@ -86,10 +106,21 @@ def per_video(videos: dict[str, str], n_boot: int, seed: int):
     return rows
 
 
+def with_fsfm_regularisers(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with FSFM's mixup / cutmix / random erasing where ``finetune.*`` leaves them null."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key, value in FSFM_REGULARISERS.items():
+            if cfg.finetune.get(key) is None:
+                cfg.finetune[key] = value
+    return cfg
+
+
 def finetune(cfg: DictConfig) -> dict[str, Any]:
+    cfg = with_fsfm_regularisers(cfg)
     out = output_dir(cfg)
     with RunLock(out, "domainfm finetune"):
         write_config(cfg, out)
         data, videos = faces_data(cfg, out)
-        more = per_video(videos, int(cfg.metrics.bootstrap), int(cfg.metrics.seed))
+        more = per_video(videos, int(cfg.metrics.bootstrap), int(cfg.metrics.seed), cfg.task == "antispoofing")
         return finetune_backbones(cfg, out, data, image_input(cfg, data), what="faces", more_results=more)

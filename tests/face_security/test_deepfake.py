@@ -89,3 +89,14 @@ def test_deepfake_task_needs_two_classes(tmp_path):
                                f"run_dir={tmp_path / 'out'}"])  # fmt: skip
     with pytest.raises(DataError, match=r"task=deepfake needs exactly two classes .*\['fake', 'real', 'unsure'\]"):
         finetune.run(cfg)
+
+
+def test_deepfake_finetuning_defaults_to_fsfms_regularisers():
+    from domainfm.face_security.commands.deepfake import with_fsfm_regularisers
+
+    from tests.conftest import compose
+
+    cfg = compose("finetune", ["task=deepfake", "backbone=x", "data.csv=y.csv", "finetune.cutmix=0"])
+    out = with_fsfm_regularisers(cfg)
+    assert (out.finetune.mixup, out.finetune.cutmix, out.finetune.erase) == (0.8, 0, 0.25)  # README: --mixup 0.8 ...
+    assert cfg.finetune.mixup is None  # the caller's config is not changed

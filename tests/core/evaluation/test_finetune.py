@@ -80,3 +80,44 @@ def test_class_balance_weights_draw_classes_equally():
     labels = np.array([0] * 30 + [1] * 10 + [2] * 5)
     w = class_balance_weights(labels, 4)
     assert [float(w[labels == c].sum()) for c in range(3)] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_mixup_trains_on_soft_targets_of_the_mixed_batch():
+    torch.manual_seed(0)
+    model = Classifier(create_vit(img_size=32, patch_size=8, depth=1), 3, drop_path=0.0, mixup=0.8,
+                       label_smoothing=0.1)  # fmt: skip
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    np.random.seed(7)
+    loss = model({"image": images, "label": labels}, None)["loss"]
+    np.random.seed(7)
+    lam = np.random.beta(
+        0.8, 0.8
+    )  # timm Mixup, batch mode, mixup only: lam ~ Beta(alpha, alpha), x pairs with x.flip(0)
+    mixed = lam * images + (1 - lam) * images.flip(0)
+    off, on = 0.1 / 3, 1 - 0.1 + 0.1 / 3  # smoothed one-hot
+    onehot = torch.full((4, 3), off).scatter_(1, labels[:, None], on)
+    soft = lam * onehot + (1 - lam) * onehot.flip(0)
+    with torch.no_grad():
+        expected = -(soft * torch.log_softmax(model.logits(mixed), -1)).sum(-1).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-4)
+    odd = model({"image": images[:3], "label": labels[:3]}, None)["loss"]  # an odd batch is not mixed
+    with torch.no_grad():
+        plain = torch.nn.functional.cross_entropy(model.logits(images[:3]), labels[:3], label_smoothing=0.1)
+    assert float(odd.detach()) == pytest.approx(float(plain), rel=1e-5)
+
+
+def test_random_erasing_replaces_one_region_of_the_view():
+    from domainfm.errors import ConfigError
+    from domainfm.evaluation.finetune import ErasedView
+
+    image = torch.rand(3, 32, 32)
+    torch.manual_seed(0)
+    erased = ErasedView(lambda x: x.clone(), 1.0)(image)
+    changed = (erased != image).any(0)
+    rows, cols = torch.nonzero(changed).unbind(1)
+    box = changed[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert box.all() and int(box.sum()) == int(changed.sum()) > 0  # one rectangle, all of it replaced
+    assert 0.02 * 32 * 32 <= int(changed.sum()) <= 32 * 32 / 3 + 40  # timm's area range (1/50 .. 1/3)
+    assert torch.equal(ErasedView(lambda x: x.clone(), 0.0)(image), image)
+    with pytest.raises(ConfigError, match=r"finetune.erase erases image regions \(C, H, W\); this view gives \(5, 3\)"):
+        ErasedView(lambda x: torch.zeros(5, 3), 1.0)(image)
