@@ -186,9 +186,8 @@ class NeRFMAE(Method):
         return batch.get("image")
 
     def no_weight_decay(self) -> set[str]:
-        return (
-            set()
-        )  # no extra exemptions: the official decays every parameter; the engine still exempts norms and biases
+        # no extra exemptions: the official decays every parameter; the engine still exempts norms and biases
+        return set()
 
     def report(self, batch, out_dir, preprocess) -> list:
         from domainfm.three_d.grid_figures import reconstruction_figure

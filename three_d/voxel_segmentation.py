@@ -117,7 +117,9 @@ class LabeledGridSet(Dataset):
 
     def __init__(self, scenes: list[LabeledGrid], size: int, augment: bool = False):
         if not scenes:
-            raise DataError("data.grids: no labeled training scenes")
+            raise DataError(
+                "data.grids: no labeled scenes in this split; give more scenes or other voxel_probe.val / test"
+            )
         self.scenes, self.size, self.augment = scenes, int(size), bool(augment)
         self._read: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -146,14 +148,14 @@ class LabeledGridSet(Dataset):
         return {"image": image, "label": label[0]}
 
 
-def scene_confusions(method: GridSegmenter, scenes: list[LabeledGrid], size: int) -> list[np.ndarray]:
-    """Per scene, the ``K x K`` confusion of predicted vs true class over its labeled voxels."""
-    data, out = LabeledGridSet(scenes, size), []
-    for i in range(len(scenes)):
+def scene_confusions(method: GridSegmenter, data: LabeledGridSet) -> list[np.ndarray]:
+    """Per scene of ``data``, the ``K x K`` confusion of predicted vs true class over its labeled voxels."""
+    out = []
+    for i in range(len(data)):
         grid, labels = data.item(i)
         truth = labels[0].numpy().reshape(-1)
         keep = truth > 0
-        pred = predict_labels(method, grid, size).reshape(-1)
+        pred = predict_labels(method, grid, data.size).reshape(-1)
         out.append(confusion(truth[keep], pred[keep], method.classes + 1)[1:, 1:])
     return out
 

@@ -64,14 +64,14 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
             size = int(encoder.pretrained_cfg["input_size"][1])
             method = GridSegmenter(encoder, classes, weights, float(vf.drop_path), float(vf.layer_decay))
             train = LabeledGridSet(by_split["train"], size, augment=bool(vf.augment))
+            val, test = LabeledGridSet(by_split["val"], size), LabeledGridSet(by_split["test"], size)  # read once
 
-            def validate(m: GridSegmenter, val=by_split["val"], size=size) -> dict[str, float]:
-                return {"val_miou": segmentation_metrics(sum(scene_confusions(m, val, size)))["miou"]}
+            def validate(m: GridSegmenter, val=val) -> dict[str, float]:
+                return {"val_miou": segmentation_metrics(sum(scene_confusions(m, val)))["miou"]}
 
             summary, best = fit_best(method, train, run_dir, tcfg, validate, desc=f"finetune {name}")
             method.cpu()
-            scores = scene_scores(scene_confusions(method, by_split["test"], size), int(cfg.metrics.bootstrap),
-                                  int(cfg.metrics.seed))  # fmt: skip
+            scores = scene_scores(scene_confusions(method, test), int(cfg.metrics.bootstrap), int(cfg.metrics.seed))
             scores.update(best_step=best, steps=summary.steps, best_val=summary.best_metric, source=source)
             pcfg = encoder.pretrained_cfg
             preprocess = {**dict(pcfg.get("domainfm") or {}), "mean": pcfg["mean"], "std": pcfg["std"],
@@ -84,10 +84,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
                     {"head": m.head.state_dict(), "classes": m.classes}, Path(folder) / "voxel_head.pt"),
             )  # fmt: skip
             plot_loss_curve(run_dir)
-            shown = LabeledGridSet(by_split["test"][:4], size)
-            pictures = [
-                (g, y[0].numpy(), predict_labels(method, g, size)) for g, y in map(shown.item, range(len(shown)))
-            ]
+            shown = [test.item(i) for i in range(min(4, len(test)))]
+            pictures = [(g, y[0].numpy(), predict_labels(method, g, size)) for g, y in shown]
             segmentation_figure(pictures, run_dir / "report" / "voxels.png")
             atomic_write_bytes(json.dumps(scores, indent=2, default=_plain).encode(), run_dir / "results.json")
             results[name] = scores
