@@ -6,7 +6,9 @@ import contextlib
 import json
 import logging
 import os
+from pathlib import Path
 
+import torch
 from domainfm.commands.common import apply_data_limits, output_dir, write_config
 from domainfm.common import distributed as dist_utils
 from domainfm.engine.export import export_backbone
@@ -65,6 +67,32 @@ def run(cfg: DictConfig) -> dict:
         return _pretrain(cfg, run_dir, tcfg, main)
 
 
+def _load_selected(method, run_dir, tcfg: TrainerConfig, summary) -> str:
+    """The exported weights: the last step's, or with ``trainer.select=rankme`` those of the highest RankMe measured
+    from ``trainer.select_after`` on (``checkpoints/best_rank.pt``), loaded into ``method``."""
+    if tcfg.select != "rankme":
+        return f"last step ({summary.steps})"
+    path = Path(run_dir) / "checkpoints" / "best_rank.pt"
+    if not path.exists():
+        log.warning(
+            "trainer.select=rankme: no rank was measured after step %d (trainer.select_after); exporting the last step",
+            tcfg.select_from(),
+        )
+        return f"last step ({summary.steps}): no rank measured after step {tcfg.select_from()}"
+    best = torch.load(path, map_location="cpu", weights_only=True)
+    method.load_state_dict(best["model"])
+    log.info(
+        "exporting step %d of %d: highest RankMe %.2f after step %d",
+        best["step"],
+        summary.steps,
+        best["rankme"],
+        tcfg.select_from(),
+    )
+    return (
+        f"step {best['step']} of {summary.steps}: highest RankMe ({best['rankme']:.2f}) after step {tcfg.select_from()}"
+    )
+
+
 def _pretrain(cfg: DictConfig, run_dir, tcfg: TrainerConfig, main: bool) -> dict:
     if main:
         write_config(cfg, run_dir)
@@ -83,6 +111,7 @@ def _pretrain(cfg: DictConfig, run_dir, tcfg: TrainerConfig, main: bool) -> dict
     summary = trainer.fit()
     full = trainer.full_method()  # a collective under FSDP: every rank takes part
     if dist_utils.is_main():
+        selected = _load_selected(full, run_dir, tcfg, summary)
         preprocess = {**OmegaConf.to_container(cfg.preprocess, resolve=True), **data_preprocess(dataset, cfg)}
         card = {
             "recipe": cfg.name,
@@ -90,6 +119,7 @@ def _pretrain(cfg: DictConfig, run_dir, tcfg: TrainerConfig, main: bool) -> dict
             "method": type(full).__name__,
             "steps": summary.steps,
             "data": f"{len(dataset)} samples ({type(dataset).__name__}), {len(summary.skipped_files)} unreadable",
+            "selected": selected,
         }
         settings = OmegaConf.to_container(cfg, resolve=True)
         export = export_backbone(

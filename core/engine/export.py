@@ -174,7 +174,7 @@ def model_card(config: dict[str, Any], preprocess: dict[str, Any], card: dict[st
         lines += [str(card["description"]), ""]
     lines += ["A domainfm backbone (`" + config["architecture"] + "`, headless).", ""]
     lines += ["## Training", ""]
-    for key, label in (("method", "method"), ("steps", "optimizer steps"), ("data", "data")):
+    for key, label in (("method", "method"), ("steps", "optimizer steps"), ("selected", "weights"), ("data", "data")):
         if card.get(key) is not None:
             lines.append(f"- {label}: {card[key]}")
     lines += ["", "## Preprocessing the weights expect", ""]

@@ -53,6 +53,8 @@ class TrainerConfig:
     rank_every: int = 100
     rank_samples: int = 256
     collapse_fraction: float = 0.01
+    select: str = "last"  # last | rankme: export the checkpoint of highest RankMe (MADELEINE's smooth-rank choice)
+    select_after: float = 0.0  # rankme: only ranks measured after this step (a fraction of max_steps when < 1)
     betas: tuple[float, float] = (0.9, 0.95)
     checkpoint_every: int = 100
     keep_last: int = 3
@@ -77,9 +79,18 @@ class TrainerConfig:
             raise ConfigError(f"unknown trainer keys {unknown}; valid keys: {sorted(known)}")
         if values.get("resume", "auto") not in ("auto", "fresh"):
             raise ConfigError(f"trainer.resume={values['resume']!r}; valid values: auto, fresh")
+        if values.get("select", "last") not in ("last", "rankme"):
+            raise ConfigError(f"trainer.select={values['select']!r}; valid values: last, rankme")
+        if values.get("select") == "rankme" and int(values.get("rank_every", 100)) <= 0:
+            raise ConfigError("trainer.select=rankme needs the rank measured: set trainer.rank_every > 0")
         if values.get("lr_scaling", "none") not in ("none", "linear", "sqrt"):
             raise ConfigError(f"trainer.lr_scaling={values['lr_scaling']!r}; valid values: none, linear, sqrt")
         return cls(**values)
+
+    def select_from(self) -> int:
+        """The first step whose rank may be selected (``select_after`` as a step, or a fraction of ``max_steps``)."""
+        after = self.select_after
+        return int(round(after * self.max_steps)) if 0 < after < 1 else int(after)
 
     def peak_lr(self, world: int) -> float:
         """``lr`` after the scaling rule, for the global batch ``batch_size x world x accumulate``."""
@@ -105,6 +116,8 @@ class RunSummary:
     stopped_early: bool = False
     final_rank: float | None = None
     collapsed_at: int | None = None
+    selected_step: int | None = None  # trainer.select=rankme: the step of the highest rank (checkpoints/best_rank.pt)
+    selected_rank: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +142,8 @@ class RunSummary:
         if self.final_rank is not None:
             collapsed = f"  COLLAPSING since step {self.collapsed_at}" if self.collapsed_at is not None else ""
             lines.append(f"rank (RankMe)  {self.final_rank:.1f} on the fixed batch{collapsed}")
+        if self.selected_step is not None:
+            lines.append(f"selected       step {self.selected_step} (highest RankMe, {self.selected_rank:.1f})")
         if self.nonfinite_steps_skipped:
             lines.append(f"non-finite     {self.nonfinite_steps_skipped} steps skipped")
         return "\n".join(lines + skipped_lines(self.skipped_files))
@@ -181,6 +196,7 @@ class Trainer:
         self.resumed_from = 0
         self.step_end_times: list[float] = []  # perf_counter() at the end of each step (for benchmarks)
         self.early_stop = {"best": None, "best_step": None, "bad_evals": 0}
+        self.rank_best: dict[str, float | int | None] = {"rank": None, "step": None}  # trainer.select=rankme
         self.current_lr = self.peak_lr
         self.rank_monitor: RankMonitor | None = None
         self.stopped_early = False
@@ -255,6 +271,7 @@ class Trainer:
         self.skipped_files = set(state.get("skipped_files", []))
         self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
         self.early_stop = dict(state.get("early_stop", self.early_stop))
+        self.rank_best = dict(state.get("rank_best", self.rank_best))
         self.stopped_early = bool(state.get("stopped_early", False))
         rng = state["rng"]
         if len(rng) == self.world:
@@ -340,6 +357,7 @@ class Trainer:
                 if self.rank_monitor is not None and self.rank_monitor.due(self.step, self.step == cfg.max_steps):
                     with self.strategy.gathered():
                         ranks = self.rank_monitor.measure(self.method, self.step, self.device, self.precision)
+                    self._select_by_rank(ranks["rankme"])
                 if main and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
                     rate = (self.step - start_step) / max(1e-9, time.perf_counter() - t0)
                     record = {
@@ -385,7 +403,26 @@ class Trainer:
             stopped_early=self.stopped_early,
             final_rank=self.rank_monitor.last if self.rank_monitor is not None else None,
             collapsed_at=self.rank_monitor.collapsed_at if self.rank_monitor is not None else None,
+            selected_step=self.rank_best["step"],
+            selected_rank=self.rank_best["rank"],
         )
+
+    def _select_by_rank(self, rank: float) -> None:
+        """``trainer.select=rankme``: keep the weights of the highest rank measured from ``select_after`` on in
+        ``checkpoints/best_rank.pt`` (the main process's value decides, so every process agrees)."""
+        cfg = self.cfg
+        if cfg.select != "rankme" or self.step < cfg.select_from():
+            return
+        best = self.rank_best["rank"]
+        better = dist_utils.broadcast_object(best is None or rank > best)
+        if not better:
+            return
+        self.rank_best = {"rank": float(rank), "step": self.step}
+        state = self.strategy.model_state()  # a collective under FSDP
+        if dist_utils.is_main():
+            atomic_save(
+                {"step": self.step, "model": state, "rankme": float(rank)}, self.checkpoints.folder / "best_rank.pt"
+            )
 
     def _evaluate(self, metrics: MetricsLogger | None) -> None:
         cfg = self.cfg
@@ -488,6 +525,7 @@ class Trainer:
                     "skipped_files": skipped,
                     "nonfinite_skipped": self.nonfinite_skipped,
                     "early_stop": self.early_stop,
+                    "rank_best": self.rank_best,
                     "stopped_early": self.stopped_early,
                 },
                 self.step,

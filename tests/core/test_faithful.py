@@ -228,3 +228,50 @@ def test_collapse_monitor_warns_on_a_collapsed_model_and_logs_the_rank(tmp_path,
     rows = [r for r in read_metrics(tmp_path / "collapsed") if "rankme" in r]
     assert [r["step"] for r in rows] == [2, 4] and rows[0]["rankme_max"] == 32
     assert "COLLAPSING since step 2" in collapsed.render()
+
+
+class CrashingMAE(MAE):
+    """Dies in the step after the checkpoint of step 5 (as a killed run)."""
+
+    def after_step(self, ctx):
+        super().after_step(ctx)
+        if ctx.step == 5:
+            raise RuntimeError("killed")
+
+
+def test_select_by_rank_exports_the_highest_rank_after_select_after_and_survives_a_crash(tmp_path):
+    """trainer.select=rankme (MADELEINE's smooth-rank checkpoint choice): ``checkpoints/best_rank.pt`` holds the
+    weights of the highest rank measured from ``select_after`` on; a run that dies and resumes chooses the same."""
+    from domainfm.common.runlog import read_metrics
+    from domainfm.errors import ConfigError
+
+    def run(cls, name):
+        torch.manual_seed(0)
+        method = cls(_vit(), decoder_dim=32, decoder_depth=1, decoder_heads=2, norm_pix_loss=False)
+        cfg = TrainerConfig.from_dict(dict(
+            max_steps=8, batch_size=8, lr=1e-3, device="cpu", num_workers=0, progress=False, tensorboard=False,
+            rank_every=1, rank_samples=32, checkpoint_every=1, keep_last=20, select="rankme", select_after=0.25,
+        ))  # fmt: skip
+        return Trainer(method, RandomImages(), tmp_path / name, cfg).fit()
+
+    whole = run(MAE, "whole")
+    ranks = {r["step"]: r["rankme"] for r in read_metrics(tmp_path / "whole") if "rankme" in r}
+    assert sorted(ranks) == list(range(1, 9))
+    chosen = max((s for s in ranks if s >= 2), key=ranks.get)  # 0.25 x 8 steps: from step 2 on
+    assert max(ranks, key=ranks.get) == 1  # the highest rank of all came before select_after: not chosen
+    best = torch.load(tmp_path / "whole" / "checkpoints" / "best_rank.pt", weights_only=True)
+    assert best["step"] == chosen == whole.selected_step and best["rankme"] == pytest.approx(ranks[chosen])
+    at_step = torch.load(tmp_path / "whole" / "checkpoints" / f"step_{chosen:08d}.pt", weights_only=True)["model"]
+    assert all(torch.equal(best["model"][k], v) for k, v in at_step.items())  # the weights of that step
+    assert f"selected       step {chosen} (highest RankMe" in whole.render()
+    with pytest.raises(RuntimeError, match="killed"):
+        run(CrashingMAE, "crashed")
+    resumed = run(MAE, "crashed")
+    assert resumed.resumed_from == 5 and (resumed.selected_step, resumed.selected_rank) == (
+        whole.selected_step,
+        pytest.approx(whole.selected_rank),
+    )
+    with pytest.raises(ConfigError, match="trainer.select='best'; valid values: last, rankme"):
+        TrainerConfig.from_dict({"select": "best"})
+    with pytest.raises(ConfigError, match="set trainer.rank_every > 0"):
+        TrainerConfig.from_dict({"select": "rankme", "rank_every": 0})

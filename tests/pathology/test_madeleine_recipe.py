@@ -21,6 +21,7 @@ from domainfm.engine.export import export_backbone
 from domainfm.errors import DataError
 from domainfm.pathology.synthetic_bags import make_multistain_bags
 from domainfm.pathology.tiling import TilingParams, tile_slides
+from safetensors.torch import load_file
 
 SECTIONS = {  # tissue -> {stain: file under ../shared/data/pathology}
     "lung_les3": {
@@ -87,6 +88,19 @@ def test_madeleine_trains_on_real_multistain_sections_and_exports(features, tmp_
     # proSPC is the only stain with two tissues: the only pair with a negative (the official masking rule)
     assert {k for k in last if k.startswith(("nce_", "got_"))} == {"nce_PROSPC", "got_PROSPC"}
     assert np.isfinite(last["loss"]) and 1.0 <= last["rankme"] <= 3.0
+    # the recipe exports the weights of the highest smooth rank after 1/6 of the run (MADELEINE's choice)
+    ranks = {r["step"]: r["rankme"] for r in logs if "rankme" in r}
+    assert sorted(ranks) == [2, 4]
+    chosen = max(ranks, key=ranks.get)
+    best = torch.load(run / "checkpoints" / "best_rank.pt", weights_only=True)
+    assert best["step"] == chosen and best["rankme"] == pytest.approx(ranks[chosen], rel=1e-6)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["selected_step"] == chosen
+    exported = load_file(run / "export" / "model.safetensors")
+    for key, value in exported.items():
+        torch.testing.assert_close(value, best["model"][f"backbone.{key}"], rtol=0, atol=0)
+    card = (run / "export" / "README.md").read_text()
+    assert f"step {chosen} of 4: highest RankMe" in card
     encoder = load_backbone(str(run / "export"))
     config = json.loads((run / "export" / "config.json").read_text())
     assert config["model_args"]["stains"] == STAINS and config["domainfm"]["patch_feature_dim"] == 24
