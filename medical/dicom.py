@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from domainfm.errors import DataError
-from domainfm.medical.volume import LPS_TO_RAS, Volume, ras_affine_from_lps
+from domainfm.medical.volume import LPS_TO_RAS, Volume, oriented_buffer, ras_affine_from_lps, ras_orientation
 
 log = logging.getLogger("domainfm")
 
@@ -46,7 +46,8 @@ DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory (DICOMDI
 # loaded into memory: PatientName, PatientID, dates, accession numbers are not among them).
 HEADER_TAGS = [
     "SOPClassUID", "Modality", "SeriesInstanceUID", "BodyPartExamined", "Rows", "Columns", "InstanceNumber",
-    "SamplesPerPixel", "PhotometricInterpretation", "BitsStored", "PixelRepresentation", "NumberOfFrames",
+    "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "PixelRepresentation",
+    "NumberOfFrames",
     "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence", "PixelSpacing", "ImagerPixelSpacing",
     "ImagePositionPatient", "ImageOrientationPatient", "RescaleSlope", "RescaleIntercept", "DirectoryRecordSequence",
 ]  # fmt: skip
@@ -82,6 +83,8 @@ class Slice:
     photometric: str = "MONOCHROME2"
     bits_stored: int = 16
     signed: bool = False
+    bits_allocated: int = 16
+    raw_pixels: tuple[int, int] | None = None  # (file offset, byte length) of native little-endian pixel data
 
 
 @dataclass
@@ -135,7 +138,9 @@ def read_slices(path: str | Path) -> list[Slice] | Skipped:
 
     path = str(path)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+            raw = _native_pixels_at(fp, ds)
     except InvalidDicomError:
         return Skipped(path, "not DICOM", "no DICOM preamble / header")
     except (OSError, ValueError, EOFError, AttributeError, KeyError, TypeError) as err:
@@ -166,9 +171,11 @@ def read_slices(path: str | Path) -> list[Slice] | Skipped:
         samples=int(ds.get("SamplesPerPixel") or 1),
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
         bits_stored=int(ds.get("BitsStored") or 16),
+        bits_allocated=int(ds.get("BitsAllocated") or 16),
         signed=bool(int(ds.get("PixelRepresentation") or 0)),
     )
     frames = int(ds.get("NumberOfFrames") or 1)
+    common["raw_pixels"] = raw if raw is not None and raw[1] == _native_size(common, frames) else None
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if frames > 1 and per_frame:  # enhanced multi-frame
         out = []
@@ -203,6 +210,35 @@ def read_slices(path: str | Path) -> list[Slice] | Skipped:
     if frames == 1:
         return [base]
     return [replace(base, frame=f) for f in range(frames)]  # plain multi-frame: no per-frame positions
+
+
+NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
+
+
+def _native_pixels_at(fp, ds) -> tuple[int, int] | None:
+    """Where the pixel values start and how many bytes they take, when ``fp`` (just after a ``stop_before_pixels``
+    read, which leaves it at the Pixel Data element) holds them uncompressed in little-endian order; else ``None``."""
+    syntax = str(getattr(ds.get("file_meta"), "TransferSyntaxUID", "") or "")
+    if syntax not in NATIVE_LITTLE_ENDIAN:
+        return None
+    head = fp.read(12)
+    if len(head) < 8 or head[:4] != b"\xe0\x7f\x10\x00":  # tag (7FE0,0010) Pixel Data, little endian
+        return None
+    if syntax == NATIVE_LITTLE_ENDIAN[0]:
+        start, length = fp.tell() - 4, int.from_bytes(head[4:8], "little")  # implicit VR: tag + 4-byte length
+    elif head[4:6] in (b"OB", b"OW") and len(head) == 12:
+        start, length = fp.tell(), int.from_bytes(head[8:12], "little")  # explicit VR: tag + VR + 2 + 4-byte length
+    else:
+        return None
+    return (start, length) if length != 0xFFFFFFFF else None
+
+
+def _native_size(header: dict, frames: int) -> int | None:
+    """The byte length of a native stack of single-sample planes (``None`` for other layouts)."""
+    bits = header["bits_allocated"]
+    if bits not in (8, 16, 32) or header["samples"] != 1 or not 0 < header["bits_stored"] <= bits:
+        return None
+    return header["rows"] * header["cols"] * frames * bits // 8
 
 
 def dicomdir_files(path: str | Path) -> list[Path]:
@@ -275,39 +311,67 @@ def series_geometry(slices: list[Slice], name: str = "series") -> Geometry:
     return Geometry(slices, LPS_TO_RAS @ affine, steps, warnings, tilt, missing, step)
 
 
-def read_pixels(slices: Iterable[Slice]) -> np.ndarray:
+def read_pixels(slices: Iterable[Slice], orientation: np.ndarray | None = None) -> np.ndarray:
     """The rescaled pixels of ``slices`` as ``(cols, rows, n)`` (``(j, i, k)``): int16 / int32 when every slice's
-    rescale is integer and the values fit, else float32. Stored planes are decoded once and rescaled one by one
-    into the output (no float64 copy of the volume)."""
+    rescale is integer and the values fit, else float32. One pass: each file's planes are decoded, rescaled into the
+    output and dropped (an int16 output is widened to int32 once if a later plane does not fit).
+    ``orientation`` (nibabel's transform, e.g. to RAS): the planes are written straight into the reoriented array
+    (no second copy of the volume)."""
+    slices = list(slices)
+    integer = all(float(s.slope).is_integer() and float(s.intercept).is_integer() for s in slices)
+    dtype = np.int16 if integer else np.float32
+    shape = (slices[0].cols, slices[0].rows, len(slices))
+    out, source = oriented_buffer(shape, orientation, dtype)  # a plane's transpose is one block of memory
+    for k, (plane, s) in enumerate(_stored_planes(slices)):
+        if dtype == np.int16:
+            ends = [v * s.slope + s.intercept for v in (float(plane.min()), float(plane.max()))]
+            if min(ends) < -32768 or max(ends) > 32767:  # widen what is written so far, once
+                dtype = np.int32
+                wider, wider_source = oriented_buffer(shape, orientation, dtype)
+                wider_source[:, :, :k] = source[:, :, :k]
+                out, source = wider, wider_source
+        dest = source[:, :, k]
+        if integer and s.slope == 1 and np.can_cast(plane.dtype, dtype):  # CT's usual rescale: copy, then shift
+            dest[...] = plane.T
+            if s.intercept:
+                dest += int(s.intercept)  # the plane's ends fit the output type: this cannot wrap
+        elif integer:
+            dest[...] = (plane.astype(np.int64) * int(s.slope) + int(s.intercept)).T
+        else:
+            dest[...] = (plane.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)).T
+    return out
+
+
+def _stored_planes(slices: list[Slice]):
+    """``(plane, slice)`` in order: the stored values (MONOCHROME1 inverted), one file decoded at a time. Native
+    little-endian single-sample pixel data is read by hand: one ``np.fromfile`` at the offset the header read found
+    (pydicom's ``pixel_array(path)`` would parse every header a second time, a third of the load time), the bits
+    above BitsStored cleared as pydicom's ``_correct_unused_bits`` does; everything else (compressed, big endian,
+    deflated) is decoded by pydicom's ``pixel_array``."""
     from pydicom.pixels import pixel_array
 
-    planes, cache = [], {}
-    slices = list(slices)
+    cache: dict[str, np.ndarray] = {}
     for s in slices:
         if s.samples > 1:
             raise DataError(f"series {s.series}: colour ({s.samples} samples per pixel) slices are not volumes")
-        if s.path not in cache:
-            cache = {s.path: pixel_array(s.path)}  # one file at a time; reads only the pixel module
+        if s.path not in cache and s.raw_pixels is not None:  # no second parse of the header
+            offset, length = s.raw_pixels
+            dtype = np.dtype(f"<{'i' if s.signed else 'u'}{s.bits_allocated // 8}")
+            values = np.fromfile(s.path, dtype, count=length // dtype.itemsize, offset=offset)
+            if values.size * dtype.itemsize != length:
+                raise DataError(f"{s.path}: pixel data cut short ({values.size * dtype.itemsize} of {length} bytes)")
+            unused = s.bits_allocated - s.bits_stored
+            if unused:  # ignore the bits above BitsStored (sign-extended when signed), as pydicom and GDCM do
+                np.left_shift(values, unused, out=values)
+                np.right_shift(values, unused, out=values)
+            cache = {s.path: values.reshape(-1, s.rows, s.cols) if s.frame >= 0 else values.reshape(s.rows, s.cols)}
+        elif s.path not in cache:
+            cache = {s.path: pixel_array(s.path)}
         pixels = cache[s.path]
         plane = pixels[s.frame] if s.frame >= 0 and pixels.ndim >= 3 else pixels
         if s.photometric == "MONOCHROME1":  # 0 = white: invert the stored values first, as GDCM / SimpleITK do
             plane = -plane.astype(np.int64) - 1 if s.signed else (1 << s.bits_stored) - 1 - plane.astype(np.int64)
-        planes.append(plane)
-    integer = all(float(s.slope).is_integer() and float(s.intercept).is_integer() for s in slices)
-    dtype = np.float32
-    if integer:
-        ends = [v * s.slope + s.intercept for p, s in zip(planes, slices) for v in (float(p.min()), float(p.max()))]
-        dtype = np.int16 if min(ends) >= -32768 and max(ends) <= 32767 else np.int32
-    rows, cols = planes[0].shape[:2]
-    out = np.empty((cols, rows, len(planes)), dtype, order="F")  # a plane's transpose is one contiguous block
-    for k, (plane, s) in enumerate(zip(planes, slices)):
-        if integer:
-            out[:, :, k] = (
-                plane.astype(np.int64 if dtype == np.int32 else np.int32) * int(s.slope) + int(s.intercept)
-            ).T
-        else:
-            out[:, :, k] = (plane.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)).T
-    return out
+        yield plane, s
 
 
 def read_series(slices: list[Slice], name: str | None = None, resample: bool = False) -> tuple[Volume, Geometry]:
@@ -318,11 +382,13 @@ def read_series(slices: list[Slice], name: str | None = None, resample: bool = F
     geometry = series_geometry(slices, name)
     if geometry.warnings:
         log.warning("series %s: %s%s", name, "; ".join(geometry.warnings), " (resampled)" if resample else "")
-    array = read_pixels(geometry.slices)
     first = geometry.slices[0]
-    volume = Volume(array, geometry.affine, first.modality, {"series": first.series, "body_part": first.body_part})
+    meta = {"series": first.series, "body_part": first.body_part}
     if resample and not geometry.regular:
         from domainfm.medical.resample import regular_grid
 
-        volume = regular_grid(volume, geometry)
-    return volume.canonical(), geometry
+        volume = Volume(read_pixels(geometry.slices), geometry.affine, first.modality, meta)
+        return regular_grid(volume, geometry).canonical(), geometry
+    shape = (first.cols, first.rows, len(geometry.slices))
+    orientation, affine = ras_orientation(geometry.affine, shape)  # written straight in RAS order
+    return Volume(read_pixels(geometry.slices, orientation), affine, first.modality, meta), geometry

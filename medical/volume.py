@@ -61,14 +61,35 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """Reorder / flip the first three axes of ``array`` so they run R, A, S; the affine follows."""
     from nibabel import orientations as ornt
 
-    current = ornt.io_orientation(affine)
-    target = ornt.axcodes2ornt(("R", "A", "S"))
-    transform = ornt.ornt_transform(current, target)
-    if np.array_equal(transform, ornt.axcodes2ornt(("R", "A", "S"))):  # already RAS
+    transform, new_affine = ras_orientation(affine, array.shape[:3])
+    if transform is None:  # already RAS
         return array, affine
     out = ornt.apply_orientation(array, transform)
-    new_affine = affine @ ornt.inv_ornt_aff(transform, array.shape[:3])
     return out.copy(order="K"), new_affine  # positive strides, the source's memory order kept (fast copy)
+
+
+def ras_orientation(affine: np.ndarray, shape) -> tuple[np.ndarray | None, np.ndarray]:
+    """nibabel's orientation transform (rows: input axis -> ``(output axis, flip)``) that takes an array of
+    ``shape`` with ``affine`` to RAS, and the RAS affine; ``(None, affine)`` when it is RAS already."""
+    from nibabel import orientations as ornt
+
+    transform = ornt.ornt_transform(ornt.io_orientation(affine), ornt.axcodes2ornt(("R", "A", "S")))
+    if np.array_equal(transform, ornt.axcodes2ornt(("R", "A", "S"))):
+        return None, affine
+    return transform, affine @ ornt.inv_ornt_aff(transform, tuple(shape)[:3])
+
+
+def oriented_buffer(shape, transform: np.ndarray | None, dtype, order: str = "F") -> tuple[np.ndarray, np.ndarray]:
+    """``(out, source_view)``: ``out`` is an empty array already in the orientation ``transform`` gives (positive
+    strides, the memory order ``order`` of the source axes), ``source_view`` a view of it in the source's axes:
+    filling ``source_view`` like the unoriented array gives ``out == nibabel.apply_orientation(source, transform)``
+    with no copy of the volume."""
+    base = np.empty(shape, dtype, order=order)
+    if transform is None:
+        return base, base
+    out = base.transpose(tuple(int(a) for a in np.argsort(transform[:, 0])) + tuple(range(3, base.ndim)))
+    flips = tuple(slice(None, None, -1) if f < 0 else slice(None) for f in transform[:, 1])
+    return out, base[flips]
 
 
 def ras_affine_from_lps(direction: np.ndarray, spacing, origin) -> np.ndarray:
