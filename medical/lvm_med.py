@@ -7,7 +7,8 @@ into graphs of ``graph_size`` consecutive images (16); in each view's graph, nod
 ``GCNConv``, width 128, ReLU between) gives node features ``h``. Affinities between node ``i`` of s and ``a`` of t:
 
     c_v[i, a] = alpha * cos(h_i^s, h_a^t) + (1 - alpha) * (c_lo(i, a) + c_lo(a, i)),          alpha = 0.8
-    c_lo(i, a) = mean_p max_q cos(f_p^{s,i}, f_q^{t,a})       (f: the encoder's patch tokens)
+    c_lo(i, a) = mean_p max_q cos(f_p^{s,i}, f_q^{t,a})       (f: the encoder's patch tokens; i != a)
+    c_lo(i, i) = mean_p cos(f_p^{s,i}, f_g(p)^{t,i})            (g(p): the token of view t at the same image point)
     c_e[(i, j), (a, b)] = cos(z_i^s - z_j^s, z_a^t - z_b^t)
 
 The matching ``v = GM(c_v, c_e)`` maximises ``sum c_v v + sum c_e v v`` over permutations
@@ -21,9 +22,12 @@ perturbed with ``noise_scale`` x Gumbel(0, 1) noise, ``v = GM(c_v + eps, c_e)``;
 Defaults from the paper: 128-d projection, graphs of 16, 5 neighbours, 2-layer GCN of width 128, alpha 0.8,
 lambda 80, Gumbel(0, 1) noise. Paper-scale training (for the record): ResNet-50 (ImageNet init) or ViT-B, batch
 3,200, Adam lr 2e-3, 100 epochs. Deviations (ours): the core ViT backbone; the projector is a 2-layer MLP with
-BatchNorm (hidden 2048; the paper does not give it); ``c_lo`` matches local features by nearest feature only (the
-paper also matches them by the known augmentation geometry for the same image); only the vertex affinities are
-perturbed (the paper does not say which costs the noise enters); a local-search QAP solver (see graph_matching).
+BatchNorm (hidden 2048; the paper does not give it); ``c_lo`` matches the local features of the two views of one
+image by the known augmentation geometry (``local_match=geometry``, the default: each token's cell centre mapped
+through both views' crops and flips, :func:`geometric_partners`; a token whose point lies outside the other crop
+falls back to its nearest feature) and those of different images by nearest feature (the paper's two rules, our
+reading of how they combine; ``local_match=feature`` uses nearest features everywhere); only the vertex affinities
+are perturbed (the paper does not say which costs the noise enters); a local-search QAP solver (see graph_matching).
 """
 
 from __future__ import annotations
@@ -50,16 +54,58 @@ def knn_edges(z: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([src, nbrs.reshape(-1)])
 
 
-def local_affinity(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-    """``c_lo[i, a] = mean_p max_q cos(f_s[i, p], f_t[a, q])`` for tokens ``f`` of shape ``(n, P, D)``."""
+def local_affinity(f_s: torch.Tensor, f_t: torch.Tensor, partners: torch.Tensor | None = None) -> torch.Tensor:
+    """``c_lo[i, a] = mean_p max_q cos(f_s[i, p], f_t[a, q])`` for tokens ``f`` of shape ``(n, P, D)``.
+    ``partners`` ``(n, P)``: for the two views of the same image (``i == a``), token ``p`` is matched to the token
+    ``partners[i, p]`` of view t that covers the same place of the image (the known augmentation geometry,
+    :func:`geometric_partners`) instead of its nearest feature; ``-1`` (outside the other crop) keeps the nearest."""
     a, b = F.normalize(f_s.float(), dim=-1), F.normalize(f_t.float(), dim=-1)
     sim = torch.einsum("ipd,aqd->iapq", a, b)
-    return sim.max(dim=-1).values.mean(dim=-1)
+    best = sim.max(dim=-1).values  # (n, n, P)
+    if partners is not None:
+        n = a.shape[0]
+        own = sim[torch.arange(n), torch.arange(n)]  # (n, P, P): same image, both views
+        geo = own.gather(2, partners.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        diagonal = torch.where(partners >= 0, geo, best[torch.arange(n), torch.arange(n)])
+        best = best.clone()
+        best[torch.arange(n), torch.arange(n)] = diagonal
+    return best.mean(dim=-1)
 
 
-def vertex_affinity(h_s, h_t, f_s, f_t, alpha: float = 0.8) -> torch.Tensor:
+def geometric_partners(params_s: dict, params_t: dict, size: tuple[int, int], patch: int) -> torch.Tensor:
+    """``(B, P)``: for each token of view s (a ``patch`` x ``patch`` cell of the ``size`` = ``(H, W)`` view), the
+    index of the view-t token whose cell holds the same image point (the cell centre mapped back through s's
+    flips and resized crop to the source image, then forward through t's), ``-1`` where that point is outside t's
+    crop. ``params_*``: the batched :class:`~domainfm.data.transforms.CropParams` of the views (``top``, ``left``,
+    ``height``, ``width`` in source pixels, ``hflip``, ``vflip``)."""
+    h, w = size
+    gh, gw = h // patch, w // patch
+    rows = (torch.arange(gh, dtype=torch.float64) + 0.5) * patch
+    cols = (torch.arange(gw, dtype=torch.float64) + 0.5) * patch
+    y, x = torch.meshgrid(rows, cols, indexing="ij")
+    y, x = y.reshape(1, -1), x.reshape(1, -1)  # (1, P) cell centres in view pixels
+
+    def col(params, key):
+        return torch.as_tensor(params[key]).reshape(-1, 1).to(torch.float64)
+
+    y = torch.where(col(params_s, "vflip") > 0, h - y, y)
+    x = torch.where(col(params_s, "hflip") > 0, w - x, x)
+    src_y = col(params_s, "top") + y * col(params_s, "height") / h
+    src_x = col(params_s, "left") + x * col(params_s, "width") / w
+    ty = (src_y - col(params_t, "top")) * h / col(params_t, "height")
+    tx = (src_x - col(params_t, "left")) * w / col(params_t, "width")
+    inside = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
+    ty = torch.where(col(params_t, "vflip") > 0, h - ty, ty)
+    tx = torch.where(col(params_t, "hflip") > 0, w - tx, tx)
+    q = (ty / patch).floor().clamp(0, gh - 1) * gw + (tx / patch).floor().clamp(0, gw - 1)
+    return torch.where(inside, q.long(), torch.full_like(q, -1, dtype=torch.long))
+
+
+def vertex_affinity(h_s, h_t, f_s, f_t, alpha: float = 0.8, partners=None) -> torch.Tensor:
+    """``partners``: ``(s -> t, t -> s)`` token correspondences of each image's two views, or ``None``."""
     glo = F.normalize(h_s.float(), dim=-1) @ F.normalize(h_t.float(), dim=-1).T
-    return alpha * glo + (1 - alpha) * (local_affinity(f_s, f_t) + local_affinity(f_t, f_s).T)
+    st, ts = partners if partners is not None else (None, None)
+    return alpha * glo + (1 - alpha) * (local_affinity(f_s, f_t, st) + local_affinity(f_t, f_s, ts).T)
 
 
 def edge_affinity(z_s, z_t, edges_s, edges_t) -> torch.Tensor:
@@ -137,8 +183,12 @@ class LVMMed(Method):
         lam: float = 80.0,
         noise_scale: float = 1.0,
         restarts: int = 8,
+        local_match: str = "geometry",
     ):
         super().__init__()
+        if local_match not in ("geometry", "feature"):
+            raise ValueError(f"local_match={local_match!r}; valid values: geometry, feature")
+        self.local_match = local_match
         self.encoder = MaskedViT(backbone)
         self.projector = MLPHead(backbone.embed_dim, proj_hidden, proj_dim, nlayers=2, batch_norm=True)
         self.gcn = GCN(proj_dim, gcn_dim)
@@ -157,11 +207,13 @@ class LVMMed(Method):
         prefix = int(self.backbone.num_prefix_tokens)
         return self.projector(out.cls), out.tokens[:, prefix:]
 
-    def graph_loss(self, z_s, z_t, f_s, f_t, generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
+    def graph_loss(
+        self, z_s, z_t, f_s, f_t, generator: torch.Generator | None = None, partners=None
+    ) -> tuple[torch.Tensor, float]:
         """Hamming loss / n of one graph and the fraction of correctly matched nodes."""
         e_s, e_t = knn_edges(z_s, self.neighbours), knn_edges(z_t, self.neighbours)
         h_s, h_t = self.gcn(z_s.float(), e_s), self.gcn(z_t.float(), e_t)
-        c_v = vertex_affinity(h_s, h_t, f_s, f_t, self.alpha)
+        c_v = vertex_affinity(h_s, h_t, f_s, f_t, self.alpha, partners)
         c_e = edge_affinity(z_s, z_t, e_s, e_t)
         u = torch.rand(c_v.shape, generator=generator, device="cpu").clamp_(1e-10, 1 - 1e-10).to(c_v.device)
         noise = -torch.log(-torch.log(u)) * self.noise_scale  # Gumbel(0, 1)
@@ -174,13 +226,30 @@ class LVMMed(Method):
         z, f = self.encode(torch.cat([x1, x2]))
         (z_s, z_t), (f_s, f_t) = z.chunk(2), f.chunk(2)
         b = z_s.shape[0]
+        partners = self._partners(batch, x1) if self.local_match == "geometry" else None
         starts = [s for s in range(0, b, self.graph_size) if b - s >= 3]
         losses, accs = [], []
         for s in starts:
             e = min(s + self.graph_size, b) if s != starts[-1] else b  # a short tail joins the last graph
-            loss, acc = self.graph_loss(z_s[s:e], z_t[s:e], f_s[s:e], f_t[s:e])
+            pair = None if partners is None else (partners[0][s:e], partners[1][s:e])
+            loss, acc = self.graph_loss(z_s[s:e], z_t[s:e], f_s[s:e], f_t[s:e], partners=pair)
             losses.append(loss)
             accs.append(acc)
         if not losses:
             raise ValueError(f"batch of {b} images: LVM-Med needs at least 3 per graph")
         return {"loss": torch.stack(losses).mean(), "match_acc": torch.tensor(float(np.mean(accs)))}
+
+    def _partners(self, batch, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token correspondences of each image's two views from their crop parameters (``TwoViews`` records them)."""
+        params = batch.get("crop_params")
+        if not params or len(params) < 2:
+            raise ValueError(
+                "LVM-Med local_match=geometry needs the views' crop parameters (batch['crop_params'], as "
+                "domainfm.data.transforms.TwoViews gives); use method.local_match=feature for other views"
+            )
+        patch = self.backbone.patch_embed.patch_size
+        patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        st = geometric_partners(params[0], params[1], size, patch).to(x.device)
+        ts = geometric_partners(params[1], params[0], size, patch).to(x.device)
+        return st, ts

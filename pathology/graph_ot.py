@@ -17,7 +17,10 @@ tissue by Graph-OT (GOT, Chen et al. ICML 2020; code after VoLTA), as ``madelein
   POT's ``tensor_product`` for ``loss_fun='square_loss'``);
 - ``GOT = W + GW`` (both weight 1; the issue's "lambda 0.1" is GW's IPOT beta), summed over the batch.
 
-Gradients flow through the costs and through the unrolled IPOT iterations, as in the official code.
+Gradients flow through the costs and through the unrolled IPOT iterations, as in the official code, which detaches
+one thing: the plan ``gamma`` that multiplies ``C_gamma`` in ``GW = sum C_gamma * gamma`` (``GW_torch_batch``
+returns ``gamma.detach()``), so the GW gradient is ``sum dC_gamma * gamma``; ``C_gamma`` itself is built from the
+undetached plan.
 
 Deviations, each a bug of the official code: the min/max of the thresholds are taken per sample (the official code
 takes them over the whole batch, so one slide's cost depends on the others in its batch); the token subsample
@@ -87,7 +90,8 @@ def gromov_wasserstein(
     for _ in range(outer):
         gamma = ipot(gw_cost(cs, ct, gamma), beta, inner)
     c_gamma = gw_cost(cs, ct, gamma)
-    return (c_gamma * gamma).sum(dim=(1, 2)), gamma
+    # the official GW_torch_batch returns gamma.detach(): the gradient reaches the plan only through C_gamma
+    return (c_gamma * gamma.detach()).sum(dim=(1, 2)), gamma
 
 
 def subsample_tokens(

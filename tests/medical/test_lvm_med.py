@@ -14,6 +14,7 @@ from domainfm.medical.lvm_med import (
     GraphMatchIMLE,
     edge_activation,
     edge_affinity,
+    geometric_partners,
     hamming_to_identity,
     knn_edges,
     local_affinity,
@@ -130,3 +131,65 @@ def test_lvm_med_tiny_learns_to_match_views_on_pneumoniamnist(shared_data, tmp_p
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05
+
+
+def test_geometric_partners_by_hand():
+    """A 64 x 64 image; view s = the whole image at half size, view t = its bottom-right quadrant, mirrored;
+    32 px views, 8 px tokens (4 x 4)."""
+    s = {"top": [0], "left": [0], "height": [64], "width": [64], "hflip": [False], "vflip": [False]}
+    t = {"top": [32], "left": [32], "height": [32], "width": [32], "hflip": [True], "vflip": [False]}
+    q = geometric_partners(s, t, (32, 32), 8)[0].reshape(4, 4)
+    # s token (2, 2): centre (20, 20) -> image (40, 40) -> t (8, 8) -> mirrored x 24: t token (1, 3) = 7
+    assert q[2, 2] == 7
+    assert q[3, 3] == 13  # (28, 28) -> (56, 56) -> t (24, 24) -> mirrored x 8: t token (3, 1)
+    assert q[0, 0] == -1  # (4, 4) -> (8, 8): outside t's quadrant
+    expected = torch.full((4, 4), -1)
+    for r, c in itertools.product(range(2, 4), range(2, 4)):  # only the bottom-right quadrant is in t
+        ty, tx = (8 * r + 4) * 2 - 32, (8 * c + 4) * 2 - 32
+        expected[r, c] = (ty // 8) * 4 + (32 - tx) // 8
+    assert torch.equal(q, expected)
+
+
+def test_geometric_partners_follow_real_crops_of_a_coordinate_image():
+    """Independent of the formula: views cut by the real ``random_crop`` (resized crop + flips, torchvision) from
+    an image whose two channels are its own y and x coordinates; each token centre's value says where it came
+    from, and the t-token covering that point must be the partner."""
+    from domainfm.data.transforms import random_crop
+
+    torch.manual_seed(0)
+    h, w = 60, 80
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    image = torch.stack([yy, xx]) + 0.5  # pixel centres
+    agree = total = 0
+    for _ in range(20):
+        (vs, ps), (vt, pt) = (random_crop(image, (32, 32), (0.3, 1.0), hflip=0.5, vflip=0.5) for _ in range(2))
+        batched = [{k: [v] for k, v in p.items() if k != "size"} for p in (ps, pt)]
+        q = geometric_partners(batched[0], batched[1], (32, 32), 8)[0]
+        for token in range(16):
+            r, c = divmod(token, 4)
+            point = vs[:, 8 * r + 3 : 8 * r + 5, 8 * c + 3 : 8 * c + 5].mean(dim=(1, 2))  # centre value
+            dist = (vt - point[:, None, None]).abs().amax(0)
+            scale = max(pt["height"] / 32, pt["width"] / 32)
+            if dist.min() > scale:  # the point is not in view t
+                continue
+            ty, tx = divmod(int(dist.argmin()), 32)
+            total += 1
+            agree += int(q[token]) == (ty // 8) * 4 + tx // 8
+    assert total > 100 and agree / total > 0.9  # cell borders: the nearest pixel may sit in the next cell
+
+
+def test_local_affinity_uses_the_geometric_partner_for_the_same_image():
+    f_s = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, -1.0]]])  # (2 images, 2 tokens, 2)
+    f_t = torch.tensor([[[0.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    partners = torch.tensor([[0, -1], [1, 0]])  # image 0: token 0 -> t token 0, token 1 outside t
+    got = local_affinity(f_s, f_t, partners)
+    nearest = local_affinity(f_s, f_t)
+    cos = F.cosine_similarity
+    # image 0: token 0 with t token 0 (cos 0), token 1 by nearest feature (1.0)
+    assert got[0, 0] == pytest.approx((cos(f_s[0, 0], f_t[0, 0], dim=0) + 1.0) / 2)
+    # image 1: token 0 -> t token 1, token 1 -> t token 0
+    expected = (cos(f_s[1, 0], f_t[1, 1], dim=0) + cos(f_s[1, 1], f_t[1, 0], dim=0)) / 2
+    assert got[1, 1] == pytest.approx(float(expected))
+    off = ~torch.eye(2, dtype=torch.bool)
+    assert torch.equal(got[off], nearest[off])  # different images: nearest feature, unchanged
+    assert torch.all(torch.diagonal(got) <= torch.diagonal(nearest) + 1e-6)  # a partner is never better than the best

@@ -123,6 +123,50 @@ def test_got_is_differentiable_and_smaller_for_aligned_tokens():
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+def torch_official_got(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The official ``GOT`` (``madeleine/utils/loss.py``) for a batch of one, transcribed op by op in torch with its
+    detach: ``GW_torch_batch`` returns ``gamma.detach()`` next to the undetached ``Cgamma``."""
+
+    def thresholded(a, b):
+        an, bn = a / (a.norm(dim=1, keepdim=True) + 1e-12), b / (b.norm(dim=1, keepdim=True) + 1e-12)
+        c = 1 - an @ bn.T
+        return torch.relu(c - (c.min() + 0.1 * (c.max() - c.min())))
+
+    def ipot_(c, beta, iters):
+        n, m = c.shape
+        sigma, t, a = torch.ones(m, 1, dtype=c.dtype) / m, torch.ones(n, m, dtype=c.dtype), torch.exp(-c / beta)
+        for _ in range(iters):
+            q = a * t
+            delta = 1 / (n * q @ sigma)
+            sigma = 1 / (m * q.T @ delta)
+            t = delta * q * sigma.T
+        return t
+
+    c = thresholded(x, y)
+    wd = torch.trace(c.T @ ipot_(c, 0.5, 30))
+    cs, ct = thresholded(x, x), thresholded(y, y)
+    n, m = len(x), len(y)
+    p, q = torch.ones(n, 1, dtype=x.dtype) / n, torch.ones(m, 1, dtype=x.dtype) / m
+    cst = (cs**2) @ p @ torch.ones(1, m, dtype=x.dtype) + torch.ones(n, 1, dtype=x.dtype) @ q.T @ (ct**2).T
+    gamma = p @ q.T
+    for _ in range(5):
+        gamma = ipot_(cst - 2 * cs @ gamma @ ct.T, 0.1, 20)
+    c_gamma = cst - 2 * cs @ gamma @ ct.T
+    return wd + torch.trace(c_gamma.T @ gamma.detach())
+
+
+def test_got_gradient_equals_the_official_one_with_its_detach():
+    x, y = _rand(1, 7, 5, seed=6).requires_grad_(True), _rand(1, 7, 5, seed=7).requires_grad_(True)
+    graph_ot(x, y).sum().backward()
+    ox, oy = x.detach()[0].clone().requires_grad_(True), y.detach()[0].clone().requires_grad_(True)
+    official = torch_official_got(ox, oy)
+    official.backward()
+    np.testing.assert_allclose(graph_ot(x, y).item(), official.item(), rtol=1e-5)
+    # graph_ot computes in float32 (as the official .float()); the reference in float64
+    np.testing.assert_allclose(x.grad[0].numpy(), ox.grad.numpy(), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(y.grad[0].numpy(), oy.grad.numpy(), rtol=1e-3, atol=1e-5)
+
+
 def test_token_subsample_acts_on_tokens_per_sample():
     x = torch.arange(2 * 50 * 3, dtype=torch.float32).reshape(2, 50, 3)
     y = -x
