@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from domainfm.backbones.masked_vit import MaskedViT
+from domainfm.backbones.tokens import is_vit
 from domainfm.medical.graph_matching import solve_qap
 from domainfm.methods.base import Method, StepContext
 from domainfm.methods.heads import MLPHead
@@ -72,16 +73,18 @@ def local_affinity(f_s: torch.Tensor, f_t: torch.Tensor, partners: torch.Tensor 
     return best.mean(dim=-1)
 
 
-def geometric_partners(params_s: dict, params_t: dict, size: tuple[int, int], patch: int) -> torch.Tensor:
-    """``(B, P)``: for each token of view s (a ``patch`` x ``patch`` cell of the ``size`` = ``(H, W)`` view), the
+def geometric_partners(params_s: dict, params_t: dict, size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """``(B, P)``: for each token of view s (a cell of the ``grid`` = ``(h, w)`` over the ``size`` = ``(H, W)`` view: a
+    ViT's patches, a CNN's final feature map), the
     index of the view-t token whose cell holds the same image point (the cell centre mapped back through s's
     flips and resized crop to the source image, then forward through t's), ``-1`` where that point is outside t's
     crop. ``params_*``: the batched :class:`~domainfm.data.transforms.CropParams` of the views (``top``, ``left``,
     ``height``, ``width`` in source pixels, ``hflip``, ``vflip``)."""
     h, w = size
-    gh, gw = h // patch, w // patch
-    rows = (torch.arange(gh, dtype=torch.float64) + 0.5) * patch
-    cols = (torch.arange(gw, dtype=torch.float64) + 0.5) * patch
+    gh, gw = grid
+    ch, cw = h / gh, w / gw  # cell size in view pixels
+    rows = (torch.arange(gh, dtype=torch.float64) + 0.5) * ch
+    cols = (torch.arange(gw, dtype=torch.float64) + 0.5) * cw
     y, x = torch.meshgrid(rows, cols, indexing="ij")
     y, x = y.reshape(1, -1), x.reshape(1, -1)  # (1, P) cell centres in view pixels
 
@@ -97,7 +100,7 @@ def geometric_partners(params_s: dict, params_t: dict, size: tuple[int, int], pa
     inside = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
     ty = torch.where(col(params_t, "vflip") > 0, h - ty, ty)
     tx = torch.where(col(params_t, "hflip") > 0, w - tx, tx)
-    q = (ty / patch).floor().clamp(0, gh - 1) * gw + (tx / patch).floor().clamp(0, gw - 1)
+    q = (ty / ch).floor().clamp(0, gh - 1) * gw + (tx / cw).floor().clamp(0, gw - 1)
     return torch.where(inside, q.long(), torch.full_like(q, -1, dtype=torch.long))
 
 
@@ -189,8 +192,11 @@ class LVMMed(Method):
         if local_match not in ("geometry", "feature"):
             raise ValueError(f"local_match={local_match!r}; valid values: geometry, feature")
         self.local_match = local_match
-        self.encoder = MaskedViT(backbone)
-        self.projector = MLPHead(backbone.embed_dim, proj_hidden, proj_dim, nlayers=2, batch_norm=True)
+        if is_vit(backbone):
+            self.encoder = MaskedViT(backbone)
+        else:  # a CNN (the paper's ResNet-50): global average pool -> projector, final feature-map cells as tokens
+            self.cnn = backbone
+        self.projector = MLPHead(backbone.num_features, proj_hidden, proj_dim, nlayers=2, batch_norm=True)
         self.gcn = GCN(proj_dim, gcn_dim)
         self.graph_size, self.neighbours = int(graph_size), int(neighbours)
         self.alpha, self.lam, self.noise_scale = float(alpha), float(lam), float(noise_scale)
@@ -200,12 +206,19 @@ class LVMMed(Method):
 
     @property
     def backbone(self) -> nn.Module:
-        return self.encoder.vit
+        return self.encoder.vit if hasattr(self, "encoder") else self.cnn
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.encoder(x)
-        prefix = int(self.backbone.num_prefix_tokens)
-        return self.projector(out.cls), out.tokens[:, prefix:]
+        """``(z (B, proj_dim), local tokens (B, P, D))``: a ViT's class token and patch tokens, or a CNN's globally
+        average-pooled feature map and its cells."""
+        if hasattr(self, "encoder"):
+            out = self.encoder(x)
+            prefix = int(self.backbone.num_prefix_tokens)
+            return self.projector(out.cls), out.tokens[:, prefix:]
+        fmap = self.cnn.forward_features(x)  # (B, C, h, w)
+        self._cnn_grid = (int(fmap.shape[-2]), int(fmap.shape[-1]))
+        tokens = fmap.flatten(2).transpose(1, 2)
+        return self.projector(tokens.mean(dim=1)), tokens
 
     def graph_loss(
         self, z_s, z_t, f_s, f_t, generator: torch.Generator | None = None, partners=None
@@ -247,9 +260,13 @@ class LVMMed(Method):
                 "LVM-Med local_match=geometry needs the views' crop parameters (batch['crop_params'], as "
                 "domainfm.data.transforms.TwoViews gives); use method.local_match=feature for other views"
             )
-        patch = self.backbone.patch_embed.patch_size
-        patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        st = geometric_partners(params[0], params[1], size, patch).to(x.device)
-        ts = geometric_partners(params[1], params[0], size, patch).to(x.device)
+        if hasattr(self, "encoder"):
+            patch = self.backbone.patch_embed.patch_size
+            patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+            grid = (size[0] // patch, size[1] // patch)
+        else:  # the CNN's final map (h, w), recorded by encode: cells of (H / h) x (W / w) pixels
+            grid = self._cnn_grid
+        st = geometric_partners(params[0], params[1], size, grid).to(x.device)
+        ts = geometric_partners(params[1], params[0], size, grid).to(x.device)
         return st, ts

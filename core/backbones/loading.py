@@ -228,6 +228,14 @@ def _unreachable(source: str, offline: str | None, err: BaseException) -> str:
     )
 
 
+def _is_vit_architecture(architecture: str) -> bool:
+    """Whether timm builds ``architecture`` as a vision transformer (patch embedding, ``img_size`` argument)."""
+    from timm.models._registry import _model_to_module, get_arch_name
+
+    module = _model_to_module.get(architecture) or _model_to_module.get(get_arch_name(architecture), "")
+    return "vision_transformer" in module or "eva" in module or "deit" in module or not module
+
+
 def load_backbone(
     source: str | Path,
     in_chans: int | None = None,
@@ -254,6 +262,9 @@ def load_backbone(
     args = {**saved_args, **model_args, "num_classes": 0, "dynamic_img_size": dynamic_img_size}
     if img_size is not None:
         args["img_size"] = img_size
+    if not _is_vit_architecture(architecture):  # a CNN (timm ResNet): no patch embedding, any input size
+        args.pop("dynamic_img_size")
+        args.pop("img_size", None)
     src_chans = int(saved_args.get("in_chans", (pretrained_cfg.get("input_size") or [3])[0]))
     if state is None:  # timm's own hub weights: timm adapts channels (sum for 1 channel) and positions itself
         offline = hub_offline() if pretrained else None
@@ -277,9 +288,10 @@ def load_backbone(
             state["patch_embed.proj.weight"] = adapt_channels(
                 state["patch_embed.proj.weight"], args["in_chans"], channel_mode
             )
-        from timm.models.vision_transformer import checkpoint_filter_fn
+        if hasattr(model, "patch_embed"):
+            from timm.models.vision_transformer import checkpoint_filter_fn
 
-        state = checkpoint_filter_fn(state, model)
+            state = checkpoint_filter_fn(state, model)
         missing, unexpected = model.load_state_dict(state, strict=False)
         check_keys(source, architecture, missing, unexpected)
     cfg = dict(model.pretrained_cfg)
@@ -288,8 +300,12 @@ def load_backbone(
             cfg.pop(key, None)
         cfg["tag"] = pretrained_cfg.get("tag") or "domainfm-loaded"
     cfg.update({k: v for k, v in pretrained_cfg.items() if v is not None})
-    chans = model.patch_embed.proj.in_channels
-    h, w = model.patch_embed.img_size
+    if hasattr(model, "patch_embed"):
+        chans = model.patch_embed.proj.in_channels
+        h, w = model.patch_embed.img_size
+    else:  # a CNN: the first convolution's channels, the recorded input size (or the one asked for)
+        chans = model.get_submodule(cfg.get("first_conv") or "conv1").in_channels
+        h, w = (img_size, img_size) if img_size else tuple(cfg.get("input_size", (chans, 224, 224)))[1:]
     cfg["input_size"] = (chans, h, w)
     for key in ("mean", "std"):
         values = list(cfg.get(key) or [])

@@ -1,4 +1,4 @@
-"""Export a ViT backbone as ``model.safetensors`` + ``config.json`` that timm loads with
+"""Export a ViT (or any timm) backbone as ``model.safetensors`` + ``config.json`` that timm loads with
 ``timm.create_model("local-dir:<dir>", pretrained=True)``, plus a model card (``README.md``, as timm's
 ``push_to_hf_hub`` writes one).
 
@@ -68,8 +68,8 @@ def export_backbone(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if getattr(backbone, "domainfm_architecture", None):
         return _export_native_backbone(backbone, out_dir, preprocess, tag, card or {}, extra_files)
-    in_chans = int(preprocess.get("in_chans", backbone.patch_embed.proj.in_channels))
-    size = preprocess.get("img_size", backbone.patch_embed.img_size)
+    in_chans = int(preprocess.get("in_chans") or backbone.patch_embed.proj.in_channels)  # a CNN: from preprocess
+    size = preprocess.get("img_size") or backbone.patch_embed.img_size
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     data_cfg = data_config(preprocess, in_chans, (h, w))
     ours = {"tag": tag, **{k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()}}

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from domainfm.backbones.loading import load_backbone
+from domainfm.backbones.tokens import forward_tokens
 from domainfm.data.transforms import ResizeView
 from domainfm.engine.runtime import autocast, resolve_device, resolve_precision, resolve_workers
 from domainfm.errors import ConfigError, DataError
@@ -281,7 +282,6 @@ def extract_features(
             collate_fn=_collate,
             pin_memory=dev.type == "cuda",
         )
-        num_prefix = int(getattr(model, "num_prefix_tokens", 1))
         start = sink.done
         with tqdm(total=n, initial=start, disable=not progress, desc=desc, unit="img", dynamic_ncols=True) as bar:
             for batch in loader:
@@ -289,7 +289,7 @@ def extract_features(
                 rows = np.zeros((0, dim), dtype=np.float32)
                 if batch["image"] is not None:
                     with autocast(dev, prec):
-                        tokens = model.forward_features(batch["image"].to(dev, non_blocking=True))
+                        tokens, num_prefix = forward_tokens(model, batch["image"].to(dev, non_blocking=True))
                     rows = pool_tokens(tokens.float(), num_prefix, pooling).cpu().numpy()
                 sink.write(start, stop, batch["index"], rows, batch["errors"])
                 bar.update(stop - start)

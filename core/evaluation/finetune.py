@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from domainfm.backbones.tokens import forward_tokens, is_vit
 from domainfm.backbones.vit import layer_id
 from domainfm.data.transforms import ImageTransform, RandomView
 from domainfm.engine.optim import param_groups
@@ -85,9 +86,13 @@ class Classifier(Method):
         self.head = nn.Linear(dim, n_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)
         nn.init.zeros_(self.head.bias)
+        if not is_vit(backbone):  # a CNN (timm ResNet): one lr for the whole backbone, no stochastic depth
+            if train_blocks is not None:
+                raise ConfigError("finetune.train_blocks freezes ViT blocks; this backbone is a CNN: leave it null")
+            drop_path, self.layer_decay = 0.0, 1.0
         if drop_path:
             set_drop_path(backbone, drop_path)
-        self.num_blocks = len(backbone.blocks)
+        self.num_blocks = len(backbone.blocks) if is_vit(backbone) else 0
         if train_blocks is not None:
             if not 0 <= train_blocks <= self.num_blocks:
                 raise ConfigError(f"train_blocks={train_blocks}; the backbone has {self.num_blocks} blocks")
@@ -96,8 +101,8 @@ class Classifier(Method):
                 p.requires_grad_(layer_id(name, self.num_blocks) >= first)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.backbone.forward_features(images)
-        return self.head(pool_tokens(tokens, int(self.backbone.num_prefix_tokens), self.pooling))
+        tokens, prefix = forward_tokens(self.backbone, images)
+        return self.head(pool_tokens(tokens, prefix, self.pooling))
 
     def forward(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
         images, labels = batch["image"], batch["label"]

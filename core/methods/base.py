@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from domainfm.backbones.tokens import forward_tokens
 from torch import nn
 
 
@@ -67,8 +68,7 @@ class Method(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``(B, D)`` of ``images`` (what the collapse monitor ranks)."""
-        tokens = self.backbone.forward_features(images)
-        prefix = int(getattr(self.backbone, "num_prefix_tokens", 0))
+        tokens, prefix = forward_tokens(self.backbone, images, default_prefix=0)
         if self.rank_pooling == "cls" and prefix:
             return tokens[:, 0]
         return tokens[:, prefix:].mean(dim=1)

@@ -138,7 +138,7 @@ def test_geometric_partners_by_hand():
     32 px views, 8 px tokens (4 x 4)."""
     s = {"top": [0], "left": [0], "height": [64], "width": [64], "hflip": [False], "vflip": [False]}
     t = {"top": [32], "left": [32], "height": [32], "width": [32], "hflip": [True], "vflip": [False]}
-    q = geometric_partners(s, t, (32, 32), 8)[0].reshape(4, 4)
+    q = geometric_partners(s, t, (32, 32), (4, 4))[0].reshape(4, 4)
     # s token (2, 2): centre (20, 20) -> image (40, 40) -> t (8, 8) -> mirrored x 24: t token (1, 3) = 7
     assert q[2, 2] == 7
     assert q[3, 3] == 13  # (28, 28) -> (56, 56) -> t (24, 24) -> mirrored x 8: t token (3, 1)
@@ -164,7 +164,7 @@ def test_geometric_partners_follow_real_crops_of_a_coordinate_image():
     for _ in range(20):
         (vs, ps), (vt, pt) = (random_crop(image, (32, 32), (0.3, 1.0), hflip=0.5, vflip=0.5) for _ in range(2))
         batched = [{k: [v] for k, v in p.items() if k != "size"} for p in (ps, pt)]
-        q = geometric_partners(batched[0], batched[1], (32, 32), 8)[0]
+        q = geometric_partners(batched[0], batched[1], (32, 32), (4, 4))[0]
         for token in range(16):
             r, c = divmod(token, 4)
             point = vs[:, 8 * r + 3 : 8 * r + 5, 8 * c + 3 : 8 * c + 5].mean(dim=(1, 2))  # centre value
@@ -193,3 +193,44 @@ def test_local_affinity_uses_the_geometric_partner_for_the_same_image():
     off = ~torch.eye(2, dtype=torch.bool)
     assert torch.equal(got[off], nearest[off])  # different images: nearest feature, unchanged
     assert torch.all(torch.diagonal(got) <= torch.diagonal(nearest) + 1e-6)  # a partner is never better than the best
+
+
+def test_lvm_med_with_a_resnet_pretrains_exports_and_gives_pooled_features(shared_data, tmp_path):
+    """The paper's ResNet option (timm): GAP -> projector, the final map's cells as local features (geometry-matched);
+    the export is a plain timm ResNet whose mean-pooled map is the core's feature for probes."""
+    from domainfm.backbones.loading import load_backbone
+    from domainfm.backbones.tokens import forward_tokens
+    from domainfm.cli import compose_config
+    from domainfm.evaluation.features import pool_tokens
+    from omegaconf import OmegaConf
+
+    npz = shared_data / "medical" / "pneumoniamnist.npz"
+    run = tmp_path / "resnet"
+    out = pretrain_in_process([
+        "recipe=medical/lvm_med_resnet_tiny", f"data.root={npz}",
+        "data.dataset._target_=domainfm.data.arrays.NpzImages", f"run_dir={run}", "trainer.max_steps=4",
+        "data.batch_size=16", "method.proj_hidden=64", "data.num_workers=0",
+        "trainer.progress=false", "trainer.tensorboard=false", "trainer.log_every=1", "trainer.rank_every=2",
+        "trainer.rank_samples=16",
+    ])  # fmt: skip
+    assert out["steps"] == 4
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r) and any("rankme" in r for r in rows)
+    model = load_backbone(str(run / "export")).eval()
+    assert type(model).__name__ == "ResNet"
+    x = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        tokens, prefix = forward_tokens(model, x)
+        fmap = model.forward_features(x)
+    assert prefix == 0 and tokens.shape == (3, 4, model.num_features)  # 64 px / stride 32: 2 x 2 cells
+    torch.testing.assert_close(pool_tokens(tokens, prefix, "mean"), fmap.mean(dim=(2, 3)))  # = global average pool
+    # the ResNet-50 recipe is medical/lvm_med with only the backbone changed
+    vit, cnn = (
+        OmegaConf.to_container(compose_config("pretrain", [f"recipe=medical/{r}", "data.root=x"]), resolve=False)
+        for r in ("lvm_med", "lvm_med_resnet50")
+    )
+    for cfg in (vit, cnn):
+        for key in ("backbone", "name", "description"):
+            cfg.pop(key)
+        cfg["method"].pop("backbone")
+    assert vit == cnn
