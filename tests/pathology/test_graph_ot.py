@@ -18,16 +18,20 @@ from domainfm.pathology.graph_ot import (
 )
 
 
-def np_ipot(c: np.ndarray, beta: float, iters: int) -> np.ndarray:
-    """The official ``IPOT_torch_batch_uniform`` for one sample, in NumPy."""
+def official_ipot(c: torch.Tensor, beta: float, iters: int) -> torch.Tensor:
+    """The official ``IPOT_torch_batch_uniform`` for one sample ``(n, m)``, op by op (differentiable)."""
     n, m = c.shape
-    sigma, t, a = np.ones((m, 1)) / m, np.ones((n, m)), np.exp(-c / beta)
+    sigma, t, a = torch.ones(m, 1, dtype=c.dtype) / m, torch.ones(n, m, dtype=c.dtype), torch.exp(-c / beta)
     for _ in range(iters):
         q = a * t
         delta = 1 / (n * q @ sigma)
         sigma = 1 / (m * q.T @ delta)
         t = delta * q * sigma.T
     return t
+
+
+def np_ipot(c: np.ndarray, beta: float, iters: int) -> np.ndarray:
+    return official_ipot(torch.from_numpy(np.asarray(c, dtype=np.float64)), beta, iters).numpy()
 
 
 def np_thresholded(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -132,25 +136,15 @@ def torch_official_got(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         c = 1 - an @ bn.T
         return torch.relu(c - (c.min() + 0.1 * (c.max() - c.min())))
 
-    def ipot_(c, beta, iters):
-        n, m = c.shape
-        sigma, t, a = torch.ones(m, 1, dtype=c.dtype) / m, torch.ones(n, m, dtype=c.dtype), torch.exp(-c / beta)
-        for _ in range(iters):
-            q = a * t
-            delta = 1 / (n * q @ sigma)
-            sigma = 1 / (m * q.T @ delta)
-            t = delta * q * sigma.T
-        return t
-
     c = thresholded(x, y)
-    wd = torch.trace(c.T @ ipot_(c, 0.5, 30))
+    wd = torch.trace(c.T @ official_ipot(c, 0.5, 30))
     cs, ct = thresholded(x, x), thresholded(y, y)
     n, m = len(x), len(y)
     p, q = torch.ones(n, 1, dtype=x.dtype) / n, torch.ones(m, 1, dtype=x.dtype) / m
     cst = (cs**2) @ p @ torch.ones(1, m, dtype=x.dtype) + torch.ones(n, 1, dtype=x.dtype) @ q.T @ (ct**2).T
     gamma = p @ q.T
     for _ in range(5):
-        gamma = ipot_(cst - 2 * cs @ gamma @ ct.T, 0.1, 20)
+        gamma = official_ipot(cst - 2 * cs @ gamma @ ct.T, 0.1, 20)
     c_gamma = cst - 2 * cs @ gamma @ ct.T
     return wd + torch.trace(c_gamma.T @ gamma.detach())
 
