@@ -234,3 +234,16 @@ def test_lvm_med_with_a_resnet_pretrains_exports_and_gives_pooled_features(share
             cfg.pop(key)
         cfg["method"].pop("backbone")
     assert vit == cnn
+
+
+def test_geometry_matching_without_crop_parameters_says_what_to_do():
+    from domainfm.backbones.vit import create_vit
+    from domainfm.medical.lvm_med import LVMMed
+
+    vit = create_vit("vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=1, depth=1)
+    x = torch.randn(6, 1, 32, 32)
+    with pytest.raises(ValueError, match="needs the views' crop parameters .* use method.local_match=feature"):
+        LVMMed(vit, proj_hidden=32)({"view1": x, "view2": x})
+    assert torch.isfinite(LVMMed(vit, proj_hidden=32, local_match="feature")({"view1": x, "view2": x})["loss"])
+    with pytest.raises(ValueError, match="local_match='nearest'; valid values: geometry, feature"):
+        LVMMed(vit, local_match="nearest")
