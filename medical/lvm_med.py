@@ -64,12 +64,11 @@ def local_affinity(f_s: torch.Tensor, f_t: torch.Tensor, partners: torch.Tensor 
     sim = torch.einsum("ipd,aqd->iapq", a, b)
     best = sim.max(dim=-1).values  # (n, n, P)
     if partners is not None:
-        n = a.shape[0]
-        own = sim[torch.arange(n), torch.arange(n)]  # (n, P, P): same image, both views
+        same = torch.arange(a.shape[0], device=a.device)
+        own = sim[same, same]  # (n, P, P): same image, both views
         geo = own.gather(2, partners.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        diagonal = torch.where(partners >= 0, geo, best[torch.arange(n), torch.arange(n)])
         best = best.clone()
-        best[torch.arange(n), torch.arange(n)] = diagonal
+        best[same, same] = torch.where(partners >= 0, geo, best[same, same])
     return best.mean(dim=-1)
 
 
@@ -208,17 +207,16 @@ class LVMMed(Method):
     def backbone(self) -> nn.Module:
         return self.encoder.vit if hasattr(self, "encoder") else self.cnn
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z (B, proj_dim), local tokens (B, P, D))``: a ViT's class token and patch tokens, or a CNN's globally
-        average-pooled feature map and its cells."""
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """``(z (B, proj_dim), local tokens (B, P, D), their grid (h, w))``: a ViT's class token and patch tokens, or
+        a CNN's globally average-pooled feature map and its cells."""
         if hasattr(self, "encoder"):
             out = self.encoder(x)
             prefix = int(self.backbone.num_prefix_tokens)
-            return self.projector(out.cls), out.tokens[:, prefix:]
+            return self.projector(out.cls), out.tokens[:, prefix:], tuple(out.grid)
         fmap = self.cnn.forward_features(x)  # (B, C, h, w)
-        self._cnn_grid = (int(fmap.shape[-2]), int(fmap.shape[-1]))
         tokens = fmap.flatten(2).transpose(1, 2)
-        return self.projector(tokens.mean(dim=1)), tokens
+        return self.projector(tokens.mean(dim=1)), tokens, (int(fmap.shape[-2]), int(fmap.shape[-1]))
 
     def graph_loss(
         self, z_s, z_t, f_s, f_t, generator: torch.Generator | None = None, partners=None
@@ -236,10 +234,10 @@ class LVMMed(Method):
 
     def forward(self, batch, ctx: StepContext | None = None) -> dict[str, torch.Tensor]:
         x1, x2 = batch["view1"], batch["view2"]
-        z, f = self.encode(torch.cat([x1, x2]))
+        z, f, grid = self.encode(torch.cat([x1, x2]))
         (z_s, z_t), (f_s, f_t) = z.chunk(2), f.chunk(2)
         b = z_s.shape[0]
-        partners = self._partners(batch, x1) if self.local_match == "geometry" else None
+        partners = self._partners(batch, x1, grid) if self.local_match == "geometry" else None
         starts = [s for s in range(0, b, self.graph_size) if b - s >= 3]
         losses, accs = [], []
         for s in starts:
@@ -252,8 +250,9 @@ class LVMMed(Method):
             raise ValueError(f"batch of {b} images: LVM-Med needs at least 3 per graph")
         return {"loss": torch.stack(losses).mean(), "match_acc": torch.tensor(float(np.mean(accs)))}
 
-    def _partners(self, batch, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token correspondences of each image's two views from their crop parameters (``TwoViews`` records them)."""
+    def _partners(self, batch, x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token correspondences of each image's two views (``grid``: their token grid over ``x``'s pixels) from the
+        views' crop parameters (``TwoViews`` records them)."""
         params = batch.get("crop_params")
         if not params or len(params) < 2:
             raise ValueError(
@@ -261,12 +260,6 @@ class LVMMed(Method):
                 "domainfm.data.transforms.TwoViews gives); use method.local_match=feature for other views"
             )
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        if hasattr(self, "encoder"):
-            patch = self.backbone.patch_embed.patch_size
-            patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-            grid = (size[0] // patch, size[1] // patch)
-        else:  # the CNN's final map (h, w), recorded by encode: cells of (H / h) x (W / w) pixels
-            grid = self._cnn_grid
         st = geometric_partners(params[0], params[1], size, grid).to(x.device)
         ts = geometric_partners(params[1], params[0], size, grid).to(x.device)
         return st, ts

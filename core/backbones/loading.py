@@ -229,11 +229,12 @@ def _unreachable(source: str, offline: str | None, err: BaseException) -> str:
 
 
 def _is_vit_architecture(architecture: str) -> bool:
-    """Whether timm builds ``architecture`` as a vision transformer (patch embedding, ``img_size`` argument)."""
-    from timm.models._registry import _model_to_module, get_arch_name
+    """Whether timm builds ``architecture`` with a patch embedding (ViT, DeiT, BEiT, EVA: ``img_size`` argument),
+    by the first convolution timm's default config names; an architecture timm has no config for counts as one."""
+    from timm.models import get_pretrained_cfg
 
-    module = _model_to_module.get(architecture) or _model_to_module.get(get_arch_name(architecture), "")
-    return "vision_transformer" in module or "eva" in module or "deit" in module or not module
+    cfg = get_pretrained_cfg(architecture)
+    return cfg is None or str(cfg.first_conv or "").startswith("patch_embed")
 
 
 def load_backbone(
