@@ -3,6 +3,11 @@ initialisation, finetuned under UNETR (`domainfm finetune task=segmentation`) wi
 Dice and HD95 per class (anterior, posterior) on 20 held-out test volumes with bootstrap CIs.
 
     .venv/bin/python benchmarks/hippocampus_mae3d.py --steps 2000 --finetune-steps 300   # ~35 min on 2 CPU cores
+    .venv/bin/python benchmarks/hippocampus_mae3d.py --protocols frozen full   # + a frozen-encoder table
+    .venv/bin/python benchmarks/hippocampus_mae3d.py --protocols frozen full --skip-norm   # LayerNorm on the skips
+
+``frozen``: the ViT's blocks frozen (``finetune.train_blocks=0``, no drop path), only UNETR's decoder and the final
+norm learn, so the Dice measures what the encoder's features carry; ``full``: the whole UNETR finetuned.
 
 Splits (seed 0, every volume its own patient: the set has no patient ids): 20 test volumes, 5 validation volumes,
 the labeled training volumes drawn from the other 35. Pretraining sees the 40 non-test volumes' images only (no
@@ -55,6 +60,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--labeled", type=int, nargs="+", default=[5, 20])
+    parser.add_argument("--protocols", nargs="+", default=["full"], choices=["full", "frozen"])
+    parser.add_argument("--skip-norm", action="store_true", help="segmentation.skip_norm=true (LayerNorm on skips)")
     args = parser.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -67,17 +74,21 @@ def main() -> None:
                 "trainer.progress=false"], work / "pretrain.log")  # fmt: skip
     t_pre = time.perf_counter() - t0
     scratch = random_init_export(run, work / "random" / "export")
-    lines = ["| labeled volumes | init | mean Dice [95% CI] | Dice anterior | Dice posterior | mean HD95 mm [95% CI] |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for n in args.labeled:
+    lines = ["| protocol | labeled volumes | init | mean Dice [95% CI] | Dice anterior | Dice posterior | "
+             "mean HD95 mm [95% CI] |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for protocol, n in [(p, n) for p in args.protocols for n in args.labeled]:
         csv_path = write_csv(work / f"cases_{n}.csv", pool[:n], val, test)
-        out = work / f"finetune_{n}"
+        out = work / (f"finetune_{n}" if protocol == "full" else f"frozen_{n}")
+        frozen = ["finetune.train_blocks=0", "finetune.drop_path=0"] if protocol == "frozen" else []
+        if args.skip_norm:
+            out, frozen = out.with_name(out.name + "_skipnorm"), [*frozen, "segmentation.skip_norm=true"]
         if not (out / "summary.md").exists():
             le.cli(["finetune", "task=segmentation", f"data.csv={csv_path}", f"data.root={HIPPO}",
                     f"backbone=[{run},{scratch.parent}]", f"run_dir={out}", f"trainer.max_steps={args.finetune_steps}",
                     f"trainer.eval_every={max(25, args.finetune_steps // 6)}", "trainer.patience=100",
                     f"trainer.checkpoint_every={max(25, args.finetune_steps // 6)}", "trainer.lr=1e-3",
-                    f"segmentation.classes={CLASSES}", "trainer.progress=false"], out.with_suffix(".log"))  # fmt: skip
+                    f"segmentation.classes={CLASSES}", "trainer.progress=false", *frozen],
+                   out.with_suffix(".log"))  # fmt: skip
         results = json.loads((out / "results.json").read_text())["results"]
         for name, init in (("mae3d", "mae3d_tiny"), ("random", "random init")):
             r = results[name]
@@ -85,10 +96,10 @@ def main() -> None:
             def cell(s):
                 return "n/a" if s["mean"] is None else f"{s['mean']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
 
-            lines.append(f"| {n} | {init} | {cell(r['mean_dice'])} | {cell(r['dice']['anterior'])} | "
+            lines.append(f"| {protocol} | {n} | {init} | {cell(r['mean_dice'])} | {cell(r['dice']['anterior'])} | "
                          f"{cell(r['dice']['posterior'])} | {cell(r['mean_hd95'])} |")  # fmt: skip
     text = "\n".join(lines) + "\n"
-    (work / "hippocampus_mae3d.md").write_text(text)
+    (work / ("hippocampus_mae3d_skipnorm.md" if args.skip_norm else "hippocampus_mae3d.md")).write_text(text)
     print(text)
     print(f"pretraining {args.steps} steps: {t_pre:.0f} s; total {time.perf_counter() - t0:.0f} s")
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from domainfm.errors import DataError
 from domainfm.evaluation.datasets import LabeledSet, read_table
-from domainfm.evaluation.finetune import layer_decay_groups, set_drop_path
+from domainfm.evaluation.finetune import freeze_blocks, layer_decay_groups, set_drop_path
 from domainfm.evaluation.metrics import bootstrap_indices
 from domainfm.medical.intensity import Intensity
 from domainfm.medical.labeled_volumes import normalise
@@ -189,7 +189,8 @@ class SegmentationPatches(Dataset):
 
 
 class Segmenter(Method):
-    """UNETR over ``backbone``, Dice + cross-entropy (monai ``DiceCELoss``), layer-wise lr decay over the ViT."""
+    """UNETR over ``backbone``, Dice + cross-entropy (monai ``DiceCELoss``), layer-wise lr decay over the ViT;
+    ``train_blocks=n`` trains only the encoder's last ``n`` blocks and its final norm (0: the blocks frozen)."""
 
     def __init__(
         self,
@@ -198,13 +199,17 @@ class Segmenter(Method):
         feature_size: int = 16,
         drop_path: float = 0.1,
         layer_decay: float = 0.75,
+        train_blocks: int | None = None,
+        skip_norm: bool = False,
     ):
         super().__init__()
         from monai.losses import DiceCELoss
 
         if drop_path:
             set_drop_path(backbone, drop_path)
-        self.net = UNETR(backbone, n_classes, feature_size=feature_size)
+        if train_blocks is not None:  # 0: frozen blocks; the final norm and the UNETR decoder learn
+            freeze_blocks(backbone, train_blocks)
+        self.net = UNETR(backbone, n_classes, feature_size=feature_size, skip_norm=skip_norm)
         self.n_classes, self.layer_decay = n_classes, layer_decay
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, smooth_nr=0.0, smooth_dr=1e-6)
 

@@ -14,7 +14,10 @@ monai's ``UNETR`` builds its own ViT; this keeps the paper's decoder - monai's o
   are monai's / UNETR's defaults; with ``p = 16`` the wiring is exactly monai's UNETR.
 
 Deviation: the paper's ViT is monai's with learned positions; ours is whichever backbone was pretrained. Patch
-sizes must be equal along every axis and a power of two (>= 4)."""
+sizes must be equal along every axis and a power of two (>= 4). Option (ours, off by default): ``skip_norm=True``
+puts a fresh LayerNorm on each skip's tokens before its ``UnetrPrUpBlock``; an MAE-pretrained ViT's residual stream
+can be an order of magnitude larger than at initialisation (hippocampus MAE-3D: token norms ~480 vs ~25), which
+drowns the final normed tokens in the decoder's first concatenation."""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class UNETR(nn.Module):
         feature_size: int = 16,
         norm_name: str = "instance",
         res_block: bool = True,
+        skip_norm: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -72,6 +76,7 @@ class UNETR(nn.Module):
         ]
         self.ups = nn.ModuleList(ups)
         self.out = UnetOutBlock(dims, fs, out_channels)
+        self.skip_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in self.skips) if skip_norm else None
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``(last tokens as a map (B, D, *grid), [skip block outputs as maps])``."""
@@ -90,6 +95,8 @@ class UNETR(nn.Module):
         if any(s % self.patch for s in x.shape[2:]):
             raise ValueError(f"input size {tuple(x.shape[2:])} is not divisible by the patch size {self.patch}")
         top, hidden = self._features(x)
+        if self.skip_norms is not None:  # LayerNorm over the channels of each (B, D, *grid) map
+            hidden = [norm(h.movedim(1, -1)).movedim(-1, 1) for norm, h in zip(self.skip_norms, hidden)]
         skips = [self.encoder1(x)] + [block(h) for block, h in zip(self.skips, hidden)]
         y = top
         for up, skip in zip(self.ups, reversed(skips)):

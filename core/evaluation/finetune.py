@@ -94,11 +94,7 @@ class Classifier(Method):
             set_drop_path(backbone, drop_path)
         self.num_blocks = len(backbone.blocks) if is_vit(backbone) else 0
         if train_blocks is not None:
-            if not 0 <= train_blocks <= self.num_blocks:
-                raise ConfigError(f"train_blocks={train_blocks}; the backbone has {self.num_blocks} blocks")
-            first = self.num_blocks - train_blocks + 1  # first trainable layer id
-            for name, p in backbone.named_parameters():
-                p.requires_grad_(layer_id(name, self.num_blocks) >= first)
+            freeze_blocks(backbone, train_blocks)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         tokens, prefix = forward_tokens(self.backbone, images)
@@ -132,6 +128,17 @@ class ErasedView:
         if x.ndim != 3:
             raise ConfigError(f"finetune.erase erases image regions (C, H, W); this view gives {tuple(x.shape)}")
         return self.erase(x)
+
+
+def freeze_blocks(backbone: nn.Module, train_blocks: int) -> None:
+    """Train only the last ``train_blocks`` blocks of a ViT and its final norm: earlier blocks, the patch
+    embedding, tokens and positions get ``requires_grad=False`` (0: every block frozen)."""
+    n = len(backbone.blocks)
+    if not 0 <= train_blocks <= n:
+        raise ConfigError(f"finetune.train_blocks={train_blocks}; the backbone has {n} blocks (use 0..{n} or null)")
+    first = n - train_blocks + 1  # first trainable layer id
+    for name, p in backbone.named_parameters():
+        p.requires_grad_(layer_id(name, n) >= first)
 
 
 def layer_decay_groups(method: Method, prefix: str, num_blocks: int, decay: float) -> list[dict]:

@@ -63,6 +63,21 @@ def test_unetr_decoder_is_monais_unetr_wiring():
         torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
 
 
+def test_skip_norm_makes_the_decoder_blind_to_the_scale_of_the_skip_tokens():
+    torch.manual_seed(0)
+    encoder = create_vit3d("vit3d_tiny", img_size=32, patch_size=8, depth=3)
+    x = torch.randn(2, 1, 32, 32, 32)
+    for skip_norm in (True, False):
+        net = UNETR(encoder, 3, feature_size=4, skip_norm=skip_norm).eval()
+        top, hidden = net._features(x)
+        with torch.no_grad():
+            plain = net(x)
+            net._features = lambda _x, top=top, hidden=hidden: (top, [20.0 * h for h in hidden])  # an MAE's scale
+            scaled = net(x)
+        assert torch.allclose(plain, scaled, atol=1e-4) == skip_norm
+    assert len(UNETR(encoder, 3, feature_size=4, skip_norm=True).skip_norms) == 2  # one per skip (patch 8: 2)
+
+
 def test_unetr_takes_2d_and_3d_encoders_and_other_patch_sizes():
     vit3d = create_vit3d("vit3d_tiny", img_size=32, patch_size=8, depth=6)
     assert UNETR(vit3d, 3)(torch.randn(1, 1, 32, 48, 32)).shape == (1, 3, 32, 48, 32)
@@ -191,6 +206,47 @@ def test_finetune_task_segmentation_end_to_end_on_real_volumes(hippo_csv, tmp_pa
     assert np.array_equal(np.asarray(written.dataobj), predict_volume(method, case.image, (16, 16, 16)))
     splits = (run / "splits.csv").read_text().splitlines()
     assert splits[0] == "image,label,split,group" and splits[1].startswith("imagesTr/") and ",labelsTr/" in splits[1]
+
+
+def test_a_frozen_encoder_leaves_the_vit_as_it_was_and_trains_the_decoder(hippo_csv, tmp_path):
+    from domainfm.engine.optim import build_optimizer
+    from domainfm.errors import ConfigError
+
+    torch.manual_seed(0)
+    encoder = create_vit3d("vit3d_tiny", img_size=16, patch_size=8, in_chans=1, depth=2)
+    method = Segmenter(encoder, 3, feature_size=4, drop_path=0.0, train_blocks=0)
+    trainable = {n for n, p in method.net.encoder.named_parameters() if p.requires_grad}
+    assert trainable == {"norm.weight", "norm.bias"}  # the final norm learns, as the core's train_blocks
+    before = {k: v.clone() for k, v in method.net.state_dict().items()}
+    opt = build_optimizer(method, lr=1e-2, weight_decay=0.05)
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(1 for p in method.parameters() if p.requires_grad)
+    batch = {"image": torch.randn(2, 1, 16, 16, 16), "label": torch.randint(0, 3, (2, 16, 16, 16))}
+    method(batch)["loss"].backward()
+    opt.step()
+    after = method.net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(not k.startswith("encoder.") for k in changed)
+    assert all(not k.startswith("encoder.") or k.startswith("encoder.norm.") for k in changed)
+    # one block: the last block and the final norm learn, the rest of the ViT stays frozen
+    last = Segmenter(create_vit3d("vit3d_tiny", img_size=16, patch_size=8, depth=2), 3, 4, train_blocks=1)
+    trainable = {n for n, p in last.net.encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("blocks.1.", "norm.")) for n in trainable)
+    with pytest.raises(ConfigError, match=r"finetune.train_blocks=3; the backbone has 2 blocks"):
+        Segmenter(create_vit3d("vit3d_tiny", img_size=16, patch_size=8, depth=2), 3, 4, train_blocks=3)
+    # through the command: the finetuned export of a frozen encoder is the input encoder but for its final norm
+    csv_path, root = hippo_csv
+    pre = {"img_size": 16, "in_chans": 1, "mean": [0.0], "std": [1.0], "modality": ["MR"]}
+    weights = export_backbone(encoder, tmp_path / "pretrained" / "export", pre)
+    run = tmp_path / "seg"
+    _finetune([
+        "task=segmentation", f"data.csv={csv_path}", f"data.root={root}", f"backbone={weights}", f"run_dir={run}",
+        "trainer.max_steps=2", "trainer.eval_every=2", "trainer.checkpoint_every=2", "data.num_workers=0",
+        "trainer.progress=false", "trainer.tensorboard=false", "segmentation.batch_size=2", "finetune.train_blocks=0",
+        "segmentation.samples_per_volume=1", "segmentation.feature_size=4", "metrics.bootstrap=20",
+    ])  # fmt: skip
+    tuned = load_backbone(run / "export").state_dict()
+    same = {k for k, v in encoder.state_dict().items() if torch.equal(v, tuned[k])}
+    assert same | {"norm.weight", "norm.bias"} == set(tuned) and "blocks.1.mlp.fc2.weight" in same
 
 
 def test_a_2d_encoder_segments_real_volumes_slice_by_slice(hippo_csv, tmp_path):
