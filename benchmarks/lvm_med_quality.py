@@ -4,6 +4,8 @@ probe and finetuning with 1 % and 10 % of the training labels (CIs), through the
 `benchmarks/label_efficiency.py` (whose helpers it uses).
 
     .venv/bin/python benchmarks/lvm_med_quality.py --steps 500      # about 35 min on 2 CPU cores
+    .venv/bin/python benchmarks/lvm_med_quality.py --steps 500 --workdir .bench/lvm_med_mean \
+        --lvm-override method.global_pool=mean --lvm-only     # the mean patch token as the global feature
 
 Views: each method's recipe (LVM-Med: crops of scale 0.2-1 + flips + blur 0.5; SimCLR: 0.08-1 + flips + blur 0.5),
 no colour jitter for either (grey X-rays). Writes ``<workdir>/lvm_med_quality.md``."""
@@ -27,6 +29,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
+    parser.add_argument("--lvm-override", nargs="*", default=[], help="extra overrides of the LVM-Med pretraining")
+    parser.add_argument("--lvm-only", action="store_true", help="evaluate LVM-Med alone (the peers' rows unchanged)")
     args = parser.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -35,11 +39,14 @@ def main() -> None:
     train = np.load(le.NPZ)["train_images"] / 255.0
     mean, std = float(train.mean()), float(train.std())
     images = work / "images" / "train"
-    lvm = le.pretrain(images, work / "lvm_med", args.steps, mean, std, "medical/lvm_med_tiny")
-    simclr = le.pretrain(images, work / "simclr", args.steps, mean, std, "core/simclr_vit_tiny",
-                         ["data.transform.photometric=null"])  # fmt: skip
-    rand = le.random_init(lvm, work / "random" / "export")
-    backbones = f"backbone=[{lvm.parent},{simclr.parent},{rand.parent}]"
+    lvm = le.pretrain(images, work / "lvm_med", args.steps, mean, std, "medical/lvm_med_tiny", args.lvm_override)
+    if args.lvm_only:
+        backbones = f"backbone=[{lvm.parent}]"
+    else:
+        simclr = le.pretrain(images, work / "simclr", args.steps, mean, std, "core/simclr_vit_tiny",
+                             ["data.transform.photometric=null"])  # fmt: skip
+        rand = le.random_init(lvm, work / "random" / "export")
+        backbones = f"backbone=[{lvm.parent},{simclr.parent},{rand.parent}]"
     rows = []
     for fraction in args.fractions:
         tag = f"{fraction:g}"

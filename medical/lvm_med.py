@@ -1,7 +1,8 @@
 """LVM-Med: self-supervised learning by second-order graph matching (Nguyen et al., NeurIPS 2023, arXiv 2306.11925,
 Sec. 3.2 and Appendix). No public pretraining code exists; this is a labelled reimplementation from the paper.
 
-For a batch of images, two augmented views s and t; ``z = projector(cls(encoder(x)))`` (128-d). The batch is split
+For a batch of images, two augmented views s and t; ``z = projector(cls(encoder(x)))`` (128-d; ``global_pool=mean``:
+the mean of the patch tokens, the ViT's counterpart of the ResNet-50's global average pool). The batch is split
 into graphs of ``graph_size`` consecutive images (16); in each view's graph, node ``i`` has directed edges to its
 ``k`` nearest neighbours by cosine of ``z`` (5; chosen without gradient). A shared 2-layer GCN (torch-geometric
 ``GCNConv``, width 128, ReLU between) gives node features ``h``. Affinities between node ``i`` of s and ``a`` of t:
@@ -186,11 +187,16 @@ class LVMMed(Method):
         noise_scale: float = 1.0,
         restarts: int = 8,
         local_match: str = "geometry",
+        global_pool: str = "cls",
     ):
         super().__init__()
         if local_match not in ("geometry", "feature"):
             raise ValueError(f"local_match={local_match!r}; valid values: geometry, feature")
-        self.local_match = local_match
+        if global_pool not in ("cls", "mean"):
+            raise ValueError(f"global_pool={global_pool!r}; valid values: cls, mean")
+        self.local_match, self.global_pool = local_match, global_pool
+        if global_pool == "mean" or not is_vit(backbone):
+            self.rank_pooling = "mean"  # the collapse monitor reads what the projector sees
         if is_vit(backbone):
             self.encoder = MaskedViT(backbone)
         else:  # a CNN (the paper's ResNet-50): global average pool -> projector, final feature-map cells as tokens
@@ -208,12 +214,14 @@ class LVMMed(Method):
         return self.encoder.vit if hasattr(self, "encoder") else self.cnn
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """``(z (B, proj_dim), local tokens (B, P, D), their grid (h, w))``: a ViT's class token and patch tokens, or
-        a CNN's globally average-pooled feature map and its cells."""
+        """``(z (B, proj_dim), local tokens (B, P, D), their grid (h, w))``: a ViT's class token (``global_pool=mean``:
+        the mean of its patch tokens) and patch tokens, or a CNN's globally average-pooled feature map and its cells."""
         if hasattr(self, "encoder"):
             out = self.encoder(x)
             prefix = int(self.backbone.num_prefix_tokens)
-            return self.projector(out.cls), out.tokens[:, prefix:], tuple(out.grid)
+            patches = out.tokens[:, prefix:]
+            pooled = out.cls if self.global_pool == "cls" else patches.mean(dim=1)
+            return self.projector(pooled), patches, tuple(out.grid)
         fmap = self.cnn.forward_features(x)  # (B, C, h, w)
         tokens = fmap.flatten(2).transpose(1, 2)
         return self.projector(tokens.mean(dim=1)), tokens, (int(fmap.shape[-2]), int(fmap.shape[-1]))

@@ -247,3 +247,21 @@ def test_geometry_matching_without_crop_parameters_says_what_to_do():
     assert torch.isfinite(LVMMed(vit, proj_hidden=32, local_match="feature")({"view1": x, "view2": x})["loss"])
     with pytest.raises(ValueError, match="local_match='nearest'; valid values: geometry, feature"):
         LVMMed(vit, local_match="nearest")
+
+
+def test_global_pool_mean_projects_the_mean_patch_token():
+    from domainfm.backbones.vit import create_vit
+    from domainfm.medical.lvm_med import LVMMed
+
+    torch.manual_seed(0)
+    vit = create_vit("vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=1, depth=1)
+    method = LVMMed(vit, proj_hidden=32, local_match="feature", global_pool="mean").eval()
+    x = torch.randn(6, 1, 32, 32)
+    z, tokens, grid = method.encode(x)
+    feats = vit.forward_features(x)
+    assert grid == (4, 4) and torch.allclose(tokens, feats[:, 1:], atol=1e-6)
+    assert torch.allclose(z, method.projector(feats[:, 1:].mean(1)), atol=1e-6)
+    assert torch.allclose(method.embed(x), feats[:, 1:].mean(1), atol=1e-6)  # the collapse monitor reads it too
+    assert torch.isfinite(method.train()({"view1": x, "view2": x})["loss"])
+    with pytest.raises(ValueError, match="global_pool='max'; valid values: cls, mean"):
+        LVMMed(vit, global_pool="max")
