@@ -4,6 +4,7 @@ each in turn, so both see the same machine state; the result is the median of th
 quartiles), which this machine's drifting speed leaves meaningful where absolute times are not.
 
     PYTHONPATH=.bench/lightly .venv/bin/python benchmarks/dinov2_step_time.py --pairs 30
+    PYTHONPATH=.bench/lightly .venv/bin/python benchmarks/dinov2_step_time.py --profile 6   # matmuls by shape
 
 domainfm's step is the engine's (`build_optimizer` from the method's parameter groups, per-module clipping, the
 method's hooks); lightly's is the loop of `ssl_quality.run_lightly_dinov2` (its heads, losses and masking helper,
@@ -65,13 +66,44 @@ def lightly_step(batches: list[dict]):
     return step
 
 
+def profile_steps(ours, theirs, rounds: int, top: int = 24) -> None:
+    """torch.profiler over ``rounds`` alternating steps of each: self time per step of the matrix multiplications
+    and attention kernels by input shape, side by side, and each step's total self time."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    kernels = ("aten::mm", "aten::addmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
+    per: dict[str, dict] = {"domainfm": defaultdict(float), "lightly": defaultdict(float)}
+    for i in range(rounds):
+        for side, step in (("domainfm", ours), ("lightly", theirs)):
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                step(i)
+            for e in prof.key_averages(group_by_input_shape=True):
+                per[side]["total"] += e.self_cpu_time_total / rounds / 1e3
+                if e.key.startswith(kernels):
+                    per[side][f"{e.key.removeprefix('aten::')[:24]} {e.input_shapes}"[:110]] += (
+                        e.self_cpu_time_total / rounds / 1e3
+                    )
+    keys = sorted(set(per["domainfm"]) | set(per["lightly"]), key=lambda k: -per["lightly"].get(k, 0.0))
+    print(f"{'ms per step: domainfm':>22s} {'lightly':>8s}  op and input shapes")
+    for k in keys[: top + 1]:
+        print(f"{per['domainfm'].get(k, 0.0):22.1f} {per['lightly'].get(k, 0.0):8.1f}  {k}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=30)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--profile", type=int, default=0, help="profile this many steps of each instead of timing")
     args = ap.parse_args()
     batches = _batches(6, args.batch)
     ours, theirs = domainfm_step(batches), lightly_step(batches)
+    if args.profile:
+        for i in range(3):  # warm-up
+            ours(i), theirs(i)
+        profile_steps(ours, theirs, args.profile)
+        return
     compare_steps(ours, theirs, "lightly", args.pairs)
 
 
