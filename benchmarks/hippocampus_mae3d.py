@@ -79,15 +79,15 @@ def main() -> None:
     for protocol, n in [(p, n) for p in args.protocols for n in args.labeled]:
         csv_path = write_csv(work / f"cases_{n}.csv", pool[:n], val, test)
         out = work / (f"finetune_{n}" if protocol == "full" else f"frozen_{n}")
-        frozen = ["finetune.train_blocks=0", "finetune.drop_path=0"] if protocol == "frozen" else []
+        extra = ["finetune.train_blocks=0", "finetune.drop_path=0"] if protocol == "frozen" else []
         if args.skip_norm:
-            out, frozen = out.with_name(out.name + "_skipnorm"), [*frozen, "segmentation.skip_norm=true"]
+            out, extra = out.with_name(out.name + "_skipnorm"), [*extra, "segmentation.skip_norm=true"]
         if not (out / "summary.md").exists():
             le.cli(["finetune", "task=segmentation", f"data.csv={csv_path}", f"data.root={HIPPO}",
                     f"backbone=[{run},{scratch.parent}]", f"run_dir={out}", f"trainer.max_steps={args.finetune_steps}",
                     f"trainer.eval_every={max(25, args.finetune_steps // 6)}", "trainer.patience=100",
                     f"trainer.checkpoint_every={max(25, args.finetune_steps // 6)}", "trainer.lr=1e-3",
-                    f"segmentation.classes={CLASSES}", "trainer.progress=false", *frozen],
+                    f"segmentation.classes={CLASSES}", "trainer.progress=false", *extra],
                    out.with_suffix(".log"))  # fmt: skip
         results = json.loads((out / "results.json").read_text())["results"]
         for name, init in (("mae3d", "mae3d_tiny"), ("random", "random init")):

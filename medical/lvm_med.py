@@ -195,8 +195,8 @@ class LVMMed(Method):
         if global_pool not in ("cls", "mean"):
             raise ValueError(f"global_pool={global_pool!r}; valid values: cls, mean")
         self.local_match, self.global_pool = local_match, global_pool
-        if global_pool == "mean" or not is_vit(backbone):
-            self.rank_pooling = "mean"  # the collapse monitor reads what the projector sees
+        if global_pool == "mean":
+            self.rank_pooling = "mean"  # the collapse monitor reads what the projector sees (a CNN's: always the mean)
         if is_vit(backbone):
             self.encoder = MaskedViT(backbone)
         else:  # a CNN (the paper's ResNet-50): global average pool -> projector, final feature-map cells as tokens

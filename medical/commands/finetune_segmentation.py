@@ -101,10 +101,10 @@ def _finetune_all(cfg: DictConfig, out: Path, data: LabeledSet, masks: dict[str,
         roi = list(seg.roi) if seg.roi else list(model.pretrained_cfg["input_size"][1:])
         if len(roi) != dims:
             raise ConfigError(f"segmentation.roi={roi}: a {dims}D encoder needs {dims} sizes")
-        train_blocks = cfg.finetune.get("train_blocks")
+        train_blocks, skip_norm = cfg.finetune.train_blocks, bool(seg.skip_norm)
         method = Segmenter(
             model, k, int(seg.feature_size), float(cfg.finetune.drop_path), float(cfg.finetune.layer_decay),
-            None if train_blocks is None else int(train_blocks), bool(seg.get("skip_norm", False)),
+            None if train_blocks is None else int(train_blocks), skip_norm,
         )  # fmt: skip
         train = SegmentationPatches(
             cases["train"], roi, int(seg.samples_per_volume), float(seg.pos_fraction), float(seg.flip),
@@ -122,7 +122,7 @@ def _finetune_all(cfg: DictConfig, out: Path, data: LabeledSet, masks: dict[str,
         scores = segmentation_scores(rows, classes, int(cfg.metrics.bootstrap), int(cfg.metrics.seed))
         scores.update(best_step=best, steps=summary.steps, best_val=summary.best_metric, monitor=tcfg.monitor)
         settings = {"classes": classes, "roi": roi, "feature_size": int(seg.feature_size), "reading": reading,
-                    "skip_norm": bool(seg.get("skip_norm", False)),
+                    "skip_norm": skip_norm,
                     "source": source}  # fmt: skip
         preprocess = {**reading, "in_chans": model.patch_embed.proj.in_channels, "img_size": roi}
         export = export_backbone(
